@@ -1,0 +1,38 @@
+# Two commands a fresh machine needs: `make demo` and `make test`.
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.keras-mtl-installed
+# torch for the backend tests: a pinned CPU build, never an unpinned one.
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-backends lint format clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m keras_mtl demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Layers, losses and metrics again under the torch backend.
+test-backends: $(STAMP)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m backend
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

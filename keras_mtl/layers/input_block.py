@@ -1,0 +1,348 @@
+"""`InputBlock`: raw named features in, one dense vector per example out."""
+
+import keras
+from keras import ops
+
+from keras_mtl import features as features_lib
+
+
+def make_inputs(features):
+    """One named `keras.Input` per raw feature, typed for serving.
+
+    Scalar features are `(batch,)` tensors; sequence features are
+    `(batch, max_len)`. Numeric features are float32, ids int64, string
+    categoricals string.
+
+    Args:
+        features: list of feature specs.
+
+    Returns:
+        A dict of `keras.Input`s keyed by feature name, in spec order.
+    """
+    features = features_lib.validate_features(features)
+    inputs = {}
+    for spec in features:
+        shape = (
+            (spec.max_len,)
+            if isinstance(spec, features_lib.SequenceFeature)
+            else ()
+        )
+        inputs[spec.name] = keras.Input(
+            shape=shape, dtype=spec.dtype, name=spec.name
+        )
+    return inputs
+
+
+def _clone(initializer):
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+class _IdentityLookup:
+    """Integer ids in `[0, vocab_size)` to table rows; -1 to 0, others 1."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+    def __call__(self, ids):
+        ids = ops.cast(ids, "int64")
+        known = ops.logical_and(ids >= 0, ids < self.vocab_size)
+        return ops.where(known, ids + 2, ops.where(ids == -1, 0, 1))
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class InputBlock(keras.layers.Layer):
+    """Preprocesses raw features and concatenates their embeddings.
+
+    Everything between the raw request and the first hidden layer lives
+    here, inside the model, so training and serving take the same raw
+    features:
+
+    - categorical features go through `StringLookup`, `IntegerLookup`,
+      `Hashing` or an id range check (index 0 = missing, 1 = OOV), then an
+      embedding;
+    - sequence features are embedded the same way and pooled (mean, sum or
+      max) over their non-padding positions;
+    - numeric features: NaN becomes the spec's fill value plus a 0/1
+      missing indicator, optional `log1p`, then one `Normalization` layer
+      for all of them.
+
+    Output layout: the normalised numeric values (spec order), their missing
+    indicators, then one embedding per categorical or sequence feature (spec
+    order).
+
+    Embedding lookups are grouped: every categorical and sequence feature
+    with the same `embed_dim` shares one table, addressed with per-feature
+    offsets, so a model does one gather per embedding width rather than one
+    per feature. Features with the same `shared_embedding` name use the same
+    rows.
+
+    Args:
+        features: list of feature specs (`keras_mtl.features`) or their
+            configs.
+        embeddings_initializer: initializer of the embedding tables.
+            Defaults to `"uniform"` (Keras' `Embedding` default).
+        embeddings_regularizer: optional regularizer of the tables.
+
+    Call arguments:
+        inputs: dict of raw tensors keyed by feature name, as made by
+            `make_inputs`.
+
+    Returns:
+        A `(batch, output_dim)` tensor.
+
+    Example:
+
+    >>> specs = keras_mtl.infer_features(df, labels=["click"])
+    >>> block = keras_mtl.layers.InputBlock(specs)
+    >>> inputs = block.make_inputs()
+    >>> x = block(inputs)
+    """
+
+    def __init__(
+        self,
+        features,
+        embeddings_initializer="uniform",
+        embeddings_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.features = features_lib.validate_features(features)
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer
+        )
+        self.embeddings_regularizer = keras.regularizers.get(
+            embeddings_regularizer
+        )
+        self.numeric = [
+            f
+            for f in self.features
+            if isinstance(f, features_lib.NumericFeature)
+        ]
+        self.categorical = [
+            f
+            for f in self.features
+            if isinstance(f, features_lib.CategoricalFeature)
+        ]
+        # Lookup groups: features sharing an embedding share the lookup.
+        self._group_of = {
+            f.name: f.shared_embedding or f"__{f.name}" for f in self.categorical
+        }
+        # Embedding tables: one per embedding width.
+        self._dims = sorted({f.embed_dim for f in self.categorical})
+        self.supports_masking = False
+
+    # -- structure ---------------------------------------------------------
+
+    def make_inputs(self):
+        """Named `keras.Input`s for this block's features."""
+        return make_inputs(self.features)
+
+    @property
+    def output_dim(self):
+        return sum(f.output_dim for f in self.numeric) + sum(
+            f.embed_dim for f in self.categorical
+        )
+
+    def compute_output_shape(self, input_shape):
+        batch = next(iter(input_shape.values()))[0]
+        return (batch, self.output_dim)
+
+    def _make_lookup(self, spec):
+        if spec.vocabulary is not None and spec.dtype == "string":
+            return keras.layers.StringLookup(
+                vocabulary=spec.vocabulary,
+                mask_token="",
+                num_oov_indices=1,
+                output_mode="int",
+                dtype="int64",
+                name=f"lookup_{spec.name}",
+            )
+        if spec.vocabulary is not None:
+            return keras.layers.IntegerLookup(
+                vocabulary=spec.vocabulary,
+                mask_token=-1,
+                oov_token=-2,
+                num_oov_indices=1,
+                output_mode="int",
+                dtype="int64",
+                name=f"lookup_{spec.name}",
+            )
+        if spec.num_bins is not None:
+            return keras.layers.Hashing(
+                num_bins=spec.num_bins,
+                mask_value=spec.missing_value,
+                dtype="int64",
+                name=f"hashing_{spec.name}",
+            )
+        return _IdentityLookup(spec.vocab_size)
+
+    def build(self, input_shape=None):
+        self.lookups = {}
+        self.offsets = {}
+        sizes = {dim: 0 for dim in self._dims}
+        for spec in self.categorical:
+            group = self._group_of[spec.name]
+            if group in self.lookups:
+                continue
+            self.lookups[group] = self._make_lookup(spec)
+            self.offsets[group] = sizes[spec.embed_dim]
+            sizes[spec.embed_dim] += spec.table_size
+        self.tables = {}
+        for dim in self._dims:
+            table = keras.layers.Embedding(
+                input_dim=sizes[dim],
+                output_dim=dim,
+                embeddings_initializer=_clone(self.embeddings_initializer),
+                embeddings_regularizer=self.embeddings_regularizer,
+                dtype=self.dtype_policy,
+                name=f"embedding_{dim}",
+            )
+            table.build((None, None))
+            self.tables[dim] = table
+        if self.numeric:
+            mean, variance = [], []
+            for spec in self.numeric:
+                if spec.normalization == "standard":
+                    mean.append(spec.mean)
+                    variance.append(spec.variance)
+                elif spec.normalization == "minmax":
+                    mean.append(spec.minimum)
+                    variance.append((spec.maximum - spec.minimum) ** 2)
+                else:
+                    mean.append(0.0)
+                    variance.append(1.0)
+            self.normalization = keras.layers.Normalization(
+                mean=mean, variance=variance, name="normalization"
+            )
+            self.normalization.build((None, len(self.numeric)))
+            self._fill = [spec.raw_fill_value for spec in self.numeric]
+            self._log1p = [spec.log1p for spec in self.numeric]
+            self._indicator_columns = [
+                i
+                for i, spec in enumerate(self.numeric)
+                if spec.missing_indicator
+            ]
+        self.built = True
+
+    # -- forward -----------------------------------------------------------
+
+    def _check_inputs(self, inputs):
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "InputBlock takes a dict of raw features keyed by name. "
+                f"Received: {type(inputs).__name__}"
+            )
+        missing = [f.name for f in self.features if f.name not in inputs]
+        if missing:
+            raise ValueError(
+                f"InputBlock is missing input feature(s) {missing}. "
+                f"Received keys: {sorted(inputs)}"
+            )
+
+    def _numeric_block(self, inputs):
+        x = ops.stack(
+            [
+                ops.reshape(ops.cast(inputs[f.name], "float32"), (-1,))
+                for f in self.numeric
+            ],
+            axis=-1,
+        )
+        missing = ops.isnan(x)
+        x = ops.where(missing, ops.convert_to_tensor(self._fill, "float32"), x)
+        if any(self._log1p):
+            logged = ops.sign(x) * ops.log1p(ops.abs(x))
+            x = ops.where(
+                ops.convert_to_tensor(self._log1p, "bool"), logged, x
+            )
+        parts = [self.normalization(x)]
+        if self._indicator_columns:
+            parts.append(
+                ops.cast(
+                    ops.take(missing, self._indicator_columns, axis=1),
+                    "float32",
+                )
+            )
+        return ops.cast(ops.concatenate(parts, axis=-1), self.compute_dtype)
+
+    def embed(self, inputs):
+        """Embeds every categorical and sequence feature.
+
+        Returns:
+            A dict keyed by feature name: `(batch, dim)` for categorical
+            features; `(embeddings, mask)` with `(batch, max_len, dim)` and
+            `(batch, max_len)` bool for sequence features (unpooled, for
+            encoders such as DUPN's).
+        """
+        self._check_inputs(inputs)
+        out = {}
+        for dim in self._dims:
+            specs = [f for f in self.categorical if f.embed_dim == dim]
+            ids, widths, masks = [], [], []
+            for spec in specs:
+                group = self._group_of[spec.name]
+                local = self.lookups[group](inputs[spec.name])
+                local = ops.cast(local, "int32")
+                if isinstance(spec, features_lib.SequenceFeature):
+                    local = ops.reshape(local, (-1, spec.max_len))
+                else:
+                    local = ops.reshape(local, (-1, 1))
+                masks.append(local != 0)
+                ids.append(local + self.offsets[group])
+                widths.append(local.shape[1])
+            # One gather for every feature of this width.
+            emb = self.tables[dim](ops.concatenate(ids, axis=1))
+            start = 0
+            for spec, width, mask in zip(specs, widths, masks):
+                part = emb[:, start : start + width, :]
+                start += width
+                if isinstance(spec, features_lib.SequenceFeature):
+                    out[spec.name] = (part, mask)
+                else:
+                    out[spec.name] = part[:, 0, :]
+        return out
+
+    @staticmethod
+    def pool(embeddings, mask, pooling):
+        """Pools `(batch, len, dim)` over the positions where `mask` holds."""
+        weights = ops.cast(ops.expand_dims(mask, -1), embeddings.dtype)
+        if pooling == "max":
+            neg = ops.convert_to_tensor(-1e9, embeddings.dtype)
+            pooled = ops.max(ops.where(weights > 0, embeddings, neg), axis=1)
+            any_valid = ops.any(mask, axis=1, keepdims=True)
+            return ops.where(any_valid, pooled, ops.zeros_like(pooled))
+        total = ops.sum(embeddings * weights, axis=1)
+        if pooling == "sum":
+            return total
+        count = ops.maximum(ops.sum(weights, axis=1), 1.0)
+        return total / count
+
+    def call(self, inputs):
+        self._check_inputs(inputs)
+        parts = []
+        if self.numeric:
+            parts.append(self._numeric_block(inputs))
+        if self.categorical:
+            embedded = self.embed(inputs)
+            for spec in self.categorical:
+                value = embedded[spec.name]
+                if isinstance(spec, features_lib.SequenceFeature):
+                    value = self.pool(value[0], value[1], spec.pooling)
+                parts.append(ops.cast(value, self.compute_dtype))
+        if len(parts) == 1:
+            return parts[0]
+        return ops.concatenate(parts, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "features": [f.get_config() for f in self.features],
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+                "embeddings_regularizer": keras.regularizers.serialize(
+                    self.embeddings_regularizer
+                ),
+            }
+        )
+        return config

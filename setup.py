@@ -1,0 +1,41 @@
+"""Install keras-mtl: `pip install -e .[dev]`."""
+
+from setuptools import find_packages
+from setuptools import setup
+
+# TF Serving's Python API must match the TensorFlow minor version that
+# exports the SavedModel; both ranges move together.
+TF_RANGE = ">=2.20,<2.22"
+
+setup(
+    name="keras-mtl",
+    version="0.1.0",
+    description="Keras 3 toolkit for multi-task ranking models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_mtl", "keras_mtl.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.10,<4",
+        f"tensorflow{TF_RANGE}",
+        "keras-tuner>=1.4.7",
+        "pandas>=2",
+        f"tensorflow-serving-api{TF_RANGE}",
+        # Parquet shards (keras_mtl.data.from_parquet) and YAML run configs.
+        "pyarrow>=14",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "scikit-learn>=1.4",
+            "hypothesis>=6",
+            "nbclient>=0.10",
+            "ipykernel>=6",
+        ],
+        "notebooks": ["jupyter", "matplotlib>=3.8"],
+        "bench": ["psutil>=5", "matplotlib>=3.8"],
+    },
+    entry_points={"console_scripts": ["keras-mtl=keras_mtl.cli:main"]},
+)

@@ -1,0 +1,135 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl import features as F
+from keras_mtl.layers import InputBlock
+from keras_mtl.layers.input_block import make_inputs
+
+SPECS = [
+    F.NumericFeature("price", mean=2.0, variance=4.0),
+    F.NumericFeature(
+        "age", minimum=10.0, maximum=60.0, normalization="minmax",
+        missing_indicator=False,
+    ),
+    F.CategoricalFeature("device", vocabulary=["ios", "android"], embed_dim=4),
+    F.CategoricalFeature("slot", vocabulary=[3, 5], embed_dim=4),
+    F.CategoricalFeature("item", vocab_size=10, embed_dim=8, shared_embedding="items"),
+    F.SequenceFeature(
+        "hist", vocab_size=10, embed_dim=8, shared_embedding="items", max_len=3
+    ),
+    F.CategoricalFeature("query", num_bins=16, embed_dim=4),
+]
+
+
+def raw_batch():
+    return {
+        "price": np.array([2.0, np.nan, 6.0], "float32"),
+        "age": np.array([10.0, 35.0, 60.0], "float32"),
+        "device": np.array(["ios", "linux", ""], object),
+        "slot": np.array([5, 4, -1], "int64"),
+        "item": np.array([1, 11, -1], "int64"),
+        "hist": np.array([[1, 2, -1], [-1, -1, -1], [3, 3, 4]], "int64"),
+        "query": np.array(["shoes", "hat", ""], object),
+    }
+
+
+def test_one_table_per_embedding_width_and_output_width():
+    block = InputBlock(SPECS)
+    out = block(raw_batch())
+    tables = [w for w in block.weights if "embeddings" in w.path]
+    assert sorted(tuple(t.shape) for t in tables) == [(12, 8), (2 + 2 + 2 + 2 + 16, 4)]
+    # 2 (price + indicator) + 1 (age) + 4 + 4 + 8 + 8 + 4
+    assert block.output_dim == 31 and tuple(out.shape) == (3, 31)
+
+
+def test_numeric_fill_indicator_and_normalisation_exact():
+    block = InputBlock(SPECS[:2])
+    out = keras.ops.convert_to_numpy(block(raw_batch()))
+    # Layout: normalised values in spec order, then missing indicators.
+    assert out.shape == (3, 3)
+    # price: (x - 2) / 2; NaN -> mean -> 0, with its indicator set.
+    np.testing.assert_allclose(out[:, 0], [0.0, 0.0, 2.0], atol=1e-6)
+    # age: min-max over [10, 60].
+    np.testing.assert_allclose(out[:, 1], [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(out[:, 2], [0.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_lookup_rows_oov_missing_and_sharing():
+    block = InputBlock(SPECS)
+    block.build()
+    emb = block.embed(raw_batch())
+    table8 = keras.ops.convert_to_numpy(block.tables[8].embeddings)
+    # item id 1 -> local row 3; 11 (unseen) -> OOV row 1; -1 -> mask row 0.
+    item = keras.ops.convert_to_numpy(emb["item"])
+    np.testing.assert_array_equal(item, table8[[3, 1, 0]])
+    # The sequence shares the item rows.
+    hist, mask = (keras.ops.convert_to_numpy(t) for t in emb["hist"])
+    np.testing.assert_array_equal(hist[0, 0], table8[3])
+    assert mask.tolist() == [[True, True, False], [False] * 3, [True] * 3]
+    # Unseen and missing strings go to rows 1 and 0 of their own section.
+    table4 = keras.ops.convert_to_numpy(block.tables[4].embeddings)
+    device = keras.ops.convert_to_numpy(emb["device"])
+    off = block.offsets["__device"]
+    np.testing.assert_array_equal(device, table4[[off + 2, off + 1, off + 0]])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum", "max"], ids=str)
+def test_sequence_pooling_ignores_padding(pooling):
+    spec = F.SequenceFeature("hist", vocab_size=4, embed_dim=2, max_len=3, pooling=pooling)
+    block = InputBlock([spec])
+    block.build()
+    table = np.arange(12, dtype="float32").reshape(6, 2)
+    block.tables[2].embeddings.assign(table)
+    out = keras.ops.convert_to_numpy(
+        block({"hist": np.array([[0, 3, -1], [-1, -1, -1]], "int64")})
+    )
+    rows = table[[2, 5]]  # ids 0 and 3 -> rows 2 and 5; padding excluded
+    expected = {"mean": rows.mean(0), "sum": rows.sum(0), "max": rows.max(0)}[pooling]
+    np.testing.assert_allclose(out[0], expected)
+    np.testing.assert_allclose(out[1], [0.0, 0.0])
+
+
+def test_config_round_trip_and_keras_save_load(tmp_path):
+    inputs = make_inputs(SPECS)
+    x = InputBlock(SPECS, name="input_block")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    batch = raw_batch()
+    before = model.predict(batch, verbose=0)
+    block = model.get_layer("input_block")
+    clone = InputBlock.from_config(block.get_config())
+    assert clone.features == SPECS
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+
+
+def test_one_step_fit_and_symbolic_shapes():
+    inputs = make_inputs(SPECS)
+    assert inputs["hist"].shape == (None, 3) and inputs["price"].shape == (None,)
+    assert inputs["device"].dtype == "string" and inputs["item"].dtype == "int64"
+    x = InputBlock(SPECS)(inputs)
+    assert tuple(x.shape) == (None, 31)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    model.compile("sgd", "mse")
+    history = model.fit(raw_batch(), np.ones(3), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_mixed_bfloat16_keeps_float32_tables():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        block = InputBlock(SPECS)
+        out = block(raw_batch())
+        assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+        assert all(w.dtype == "float32" for w in block.weights)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_missing_input_is_named():
+    block = InputBlock(SPECS)
+    batch = raw_batch()
+    del batch["hist"]
+    with pytest.raises(ValueError, match=r"missing input feature\(s\) \['hist'\]"):
+        block(batch)
