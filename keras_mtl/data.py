@@ -161,8 +161,7 @@ def _sequence(series, spec, where):
             ) from None
         if np.any(np.mod(flat, 1) != 0):
             raise ValueError(
-                f"{where}: sequence feature '{spec.name}' has non-integral "
-                "ids."
+                f"{where}: sequence feature '{spec.name}' has non-integral ids."
             )
         flat = flat.astype("int64")
         out = np.full((n, max_len), pad, dtype="int64")
@@ -324,9 +323,7 @@ def arrays_to_dataset(
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size, drop_remainder=drop_remainder)
     ds = indices.map(
-        lambda idx: tf.nest.map_structure(
-            lambda t: tf.gather(t, idx), tensors
-        ),
+        lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -371,9 +368,7 @@ def from_dataframe(
 
 
 def _list_files(file_pattern, shard):
-    patterns = (
-        [file_pattern] if isinstance(file_pattern, str) else file_pattern
-    )
+    patterns = [file_pattern] if isinstance(file_pattern, str) else file_pattern
     files = []
     for pattern in patterns:
         matched = sorted(glob.glob(os.fspath(pattern)))
@@ -419,8 +414,7 @@ def _read_chunks(path, fmt, features, tasks, chunk_size):
             dtype=_csv_dtypes(features),
             keep_default_na=True,
         )
-        for chunk in reader:
-            yield chunk
+        yield from reader
     else:
         import pyarrow.parquet as pq
 
@@ -561,8 +555,16 @@ def from_csv(
         A batched `tf.data.Dataset`.
     """
     return _from_files(
-        "csv", file_pattern, features, tasks, batch_size, shuffle, seed,
-        chunk_size, shard, drop_remainder,
+        "csv",
+        file_pattern,
+        features,
+        tasks,
+        batch_size,
+        shuffle,
+        seed,
+        chunk_size,
+        shard,
+        drop_remainder,
     )
 
 
@@ -582,8 +584,16 @@ def from_parquet(
     Same contract as `from_csv`; row groups are read with pyarrow.
     """
     return _from_files(
-        "parquet", file_pattern, features, tasks, batch_size, shuffle, seed,
-        chunk_size, shard, drop_remainder,
+        "parquet",
+        file_pattern,
+        features,
+        tasks,
+        batch_size,
+        shuffle,
+        seed,
+        chunk_size,
+        shard,
+        drop_remainder,
     )
 
 
@@ -603,9 +613,7 @@ def train_val_split(df, val_fraction=0.2, seed=0):
         raise ValueError(
             f"`df` must be a pandas DataFrame. Received: {type(df).__name__}"
         )
-    if not isinstance(val_fraction, (int, float)) or not (
-        0 < val_fraction < 1
-    ):
+    if not isinstance(val_fraction, (int, float)) or not (0 < val_fraction < 1):
         raise ValueError(
             "`val_fraction` must be in (0, 1). "
             f"Received: val_fraction={val_fraction!r}"

@@ -491,6 +491,7 @@ def infer_features(
     df,
     labels=(),
     exclude=(),
+    categorical=(),
     embed_dim=8,
     max_int_categories=64,
     max_vocab_size=100_000,
@@ -515,6 +516,8 @@ def infer_features(
         df: pandas DataFrame. Training data.
         labels: list of str. Label columns, never features.
         exclude: list of str. Other columns to leave out (ids, timestamps).
+        categorical: list of str. Columns that are categorical whatever
+            their dtype (integer-coded ids such as Ali-CCP's `101`).
         embed_dim: int. Embedding width of every categorical feature.
         max_int_categories: int. See above. Defaults to `64`.
         max_vocab_size: int. See above. Defaults to `100_000`.
@@ -530,7 +533,11 @@ def infer_features(
         )
     if len(df) == 0:
         raise ValueError("`df` is empty (0 rows); nothing to infer from.")
-    for field, cols in (("labels", labels), ("exclude", exclude)):
+    for field, cols in (
+        ("labels", labels),
+        ("exclude", exclude),
+        ("categorical", categorical),
+    ):
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise ValueError(
@@ -544,23 +551,36 @@ def infer_features(
             continue
         series = df[col]
         name = str(col)
-        if pd.api.types.is_bool_dtype(series):
+        forced = col in categorical
+        if pd.api.types.is_bool_dtype(series) and not forced:
             specs.append(_numeric_spec(name, series.astype("float64")))
         elif pd.api.types.is_numeric_dtype(series):
             non_null = series.dropna()
+            whole = len(non_null) > 0 and bool(
+                np.all(np.mod(non_null.to_numpy(dtype="float64"), 1) == 0)
+            )
+            if forced and not whole:
+                raise ValueError(
+                    f"`categorical` column '{name}' holds non-integral "
+                    "numbers; categorical numbers must be integer ids."
+                )
             integral = pd.api.types.is_integer_dtype(series) or (
-                len(non_null) > 0
-                and np.all(np.mod(non_null.to_numpy(), 1) == 0)
-                and _is_id_name(name)
+                whole and (_is_id_name(name) or forced)
             )
             if integral and (
-                non_null.nunique() <= max_int_categories or _is_id_name(name)
+                forced
+                or non_null.nunique() <= max_int_categories
+                or _is_id_name(name)
             ):
                 values = non_null.astype("int64")
                 specs.append(
                     _categorical_spec(
-                        name, values, embed_dim, max_vocab_size,
-                        min_frequency, "int64",
+                        name,
+                        values,
+                        embed_dim,
+                        max_vocab_size,
+                        min_frequency,
+                        "int64",
                     )
                 )
             else:
@@ -572,15 +592,18 @@ def infer_features(
                 longest = max(len(seq) for seq in non_null)
                 dtype = (
                     "int64"
-                    if flat and all(
-                        isinstance(v, (int, np.integer)) for v in flat
-                    )
+                    if flat
+                    and all(isinstance(v, (int, np.integer)) for v in flat)
                     else "string"
                 )
                 flat = [int(v) if dtype == "int64" else str(v) for v in flat]
                 cat = _categorical_spec(
-                    name, pd.Series(flat, dtype=object), embed_dim,
-                    max_vocab_size, min_frequency, dtype,
+                    name,
+                    pd.Series(flat, dtype=object),
+                    embed_dim,
+                    max_vocab_size,
+                    min_frequency,
+                    dtype,
                 )
                 config = cat.get_config()
                 config.update(kind="sequence", max_len=max_len or longest)
@@ -590,8 +613,12 @@ def infer_features(
                 values = values[values != ""]
                 specs.append(
                     _categorical_spec(
-                        name, values, embed_dim, max_vocab_size,
-                        min_frequency, "string",
+                        name,
+                        values,
+                        embed_dim,
+                        max_vocab_size,
+                        min_frequency,
+                        "string",
                     )
                 )
     if not specs:
@@ -615,10 +642,14 @@ def _categorical_spec(
     if len(vocab) > max_vocab_size:
         logger.info(
             "Feature '%s' has %d values (> max_vocab_size=%d); hashing.",
-            name, len(vocab), max_vocab_size,
+            name,
+            len(vocab),
+            max_vocab_size,
         )
         return CategoricalFeature(
-            name, num_bins=2 * max_vocab_size, embed_dim=embed_dim,
+            name,
+            num_bins=2 * max_vocab_size,
+            embed_dim=embed_dim,
             dtype=dtype,
         )
     if not vocab:

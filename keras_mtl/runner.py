@@ -155,6 +155,14 @@ def resolve_config(config=None):
             "`model` must be a mapping with an `architecture`. "
             f"Received: model={model!r}"
         )
+    from keras_mtl import models as models_lib
+
+    # Unknown architectures and builder arguments fail here, before any
+    # data is loaded.
+    models_lib.check_builder_args(
+        model["architecture"],
+        {k: v for k, v in model.items() if k != "architecture"},
+    )
     if resolved["tasks"] is not None:
         resolved["tasks"] = [
             t.get_config() for t in validate_tasks(resolved["tasks"])
@@ -170,9 +178,23 @@ def resolve_config(config=None):
 class Source:
     """Train / validation / test data of a run, in memory or streamed."""
 
-    def __init__(self, train, val, test, tasks, user_column=None, fmt=None):
+    def __init__(
+        self,
+        train,
+        val,
+        test,
+        tasks,
+        user_column=None,
+        fmt=None,
+        labels=(),
+        categorical=(),
+    ):
         self.train, self.val, self.test = train, val, test
         self.tasks = tasks
+        # Every label column of the dataset: never inferred as a feature.
+        self.labels = list(labels)
+        # Integer-coded columns that are categorical whatever their dtype.
+        self.categorical = list(categorical)
         self.user_column = user_column
         # None: DataFrames; "csv" / "parquet": file patterns to stream.
         self.fmt = fmt
@@ -232,12 +254,17 @@ def load_source(config):
         like = ds.pop("like", False)
         df = datasets.synthetic_funnel(**ds)
         tasks = datasets.funnel_tasks(like=like)
-        return Source(*_split3(df, vf, tf_, seed), tasks, "user_id")
+        return Source(
+            *_split3(df, vf, tf_, seed),
+            tasks,
+            "user_id",
+            labels=datasets.FUNNEL_LABELS,
+        )
     if name == "correlated":
         ds.setdefault("correlation", 0.5)
         df = datasets.synthetic_correlated(**ds)
         tasks = [Task("y1", "regression"), Task("y2", "regression")]
-        return Source(*_split3(df, vf, tf_, seed), tasks)
+        return Source(*_split3(df, vf, tf_, seed), tasks, labels=["y1", "y2"])
     if name in ("adult", "census_income"):
         loader = (
             datasets.load_adult
@@ -247,14 +274,33 @@ def load_source(config):
         train, test = loader(ds["path"])
         train, val = data_lib.train_val_split(train, vf, seed)
         tasks = [Task("income"), Task("never_married")]
-        return Source(train, val, test, tasks)
+        exclude = ["instance_weight"] if name == "census_income" else []
+        cats = (
+            datasets.ADULT_CATEGORICAL
+            if name == "adult"
+            else datasets.CENSUS_INCOME_CATEGORICAL
+        )
+        return Source(
+            train,
+            val,
+            test,
+            tasks,
+            labels=["income", "never_married", *exclude],
+            categorical=cats,
+        )
     if name in ("ali_ccp", "aliexpress"):
         loader = getattr(datasets, f"load_{name}")
         tasks = getattr(datasets, f"{name}_tasks")()
         train = loader(ds["path"])
         test = loader(ds["test_path"]) if ds.get("test_path") else None
         train, val = data_lib.train_val_split(train, vf, seed)
-        return Source(train, val, test, tasks)
+        labels = [t.label for t in tasks]
+        if name == "aliexpress":
+            labels.append("search_id")  # a request id, not a feature
+            cats = datasets.ALIEXPRESS_CATEGORICAL
+        else:
+            cats = datasets.ALI_CCP_CATEGORICAL
+        return Source(train, val, test, tasks, labels=labels, categorical=cats)
     # csv / parquet: stream the files.
     return Source(ds["path"], None, ds.get("test_path"), None, fmt=name)
 
@@ -266,9 +312,13 @@ def _resolve_features(config, source, tasks):
     if isinstance(spec, list):
         return features_lib.validate_features(spec)
     sample = source.sample(config["dataset"].get("sample_rows", 100_000))
-    labels = [t.label for t in tasks]
+    labels = list(dict.fromkeys([t.label for t in tasks] + source.labels))
+    labels = [c for c in labels if c in sample.columns]
     exclude = [c for c in config["exclude"] if c not in labels]
-    return features_lib.infer_features(sample, labels=labels, exclude=exclude)
+    categorical = [c for c in source.categorical if c in sample.columns]
+    return features_lib.infer_features(
+        sample, labels=labels, exclude=exclude, categorical=categorical
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -309,17 +359,16 @@ def train(config=None, verbose=2):
     training = config["training"]
     keras.utils.set_random_seed(training["seed"])
     source = load_source(config)
-    tasks = (
-        validate_tasks(config["tasks"]) if config["tasks"] else source.tasks
-    )
+    tasks = validate_tasks(config["tasks"]) if config["tasks"] else source.tasks
     if tasks is None:
         raise ValueError(
             f"Dataset '{config['dataset']['name']}' needs `tasks` in the "
             "config."
         )
-    features = _resolve_features(config, source, tasks)
     model_kwargs = dict(config["model"])
     architecture = model_kwargs.pop("architecture")
+    features = _resolve_features(config, source, tasks)
+    tasks = models_lib.tasks_for(architecture, tasks)
     model = models_lib.build(architecture, features, tasks, **model_kwargs)
     models_lib.compile_model(
         model, tasks, learning_rate=training["learning_rate"]
@@ -342,6 +391,7 @@ def train(config=None, verbose=2):
         epochs=training["epochs"],
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the dataset reshuffles itself every epoch
     )
     eval_part = "test" if source.test is not None else "val"
     eval_data = getattr(source, eval_part)
@@ -476,7 +526,8 @@ def predict(model_dir, input_path, output_path, keep_columns=(), chunk=65_536):
             else:
                 for k in range(p.shape[-1]):
                     out[f"{task.name}_{k}"] = p[:, k]
-        out.to_csv(output_path, mode="w" if i == 0 else "a", header=i == 0,
-                   index=False)
+        out.to_csv(
+            output_path, mode="w" if i == 0 else "a", header=i == 0, index=False
+        )
         rows += len(frame)
     return rows

@@ -14,11 +14,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _clean_keras_session():
-    keras.backend.clear_session()
+    # free_memory=False skips a full gc.collect() (~0.4 s) per call.
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     np.random.seed(0)
     yield
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ def make_frame(n=300, seed=0):
         {
             "user_id": rng.integers(0, 50, n),
             "device": rng.choice(["ios", "android", "web"], n),
-            "price": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(size=n)),
+            "price": np.where(
+                rng.random(n) < 0.1, np.nan, rng.lognormal(size=n)
+            ),
             "hist": [
                 [f"i{v}" for v in rng.integers(0, 20, rng.integers(0, 7))]
                 for _ in range(n)
@@ -101,15 +103,23 @@ def test_missing_values_become_mask_markers():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda df: df.drop(columns=["device"]), r"missing feature column.*device"),
+        (
+            lambda df: df.drop(columns=["device"]),
+            r"missing feature column.*device",
+        ),
         (lambda df: df.drop(columns=["cart"]), r"missing label column.*cart"),
         (lambda df: df.iloc[:0], "empty"),
         (
-            lambda df: df.assign(click=np.where(np.arange(len(df)) < 3, 2, df.click)),
-            r"'click' of binary task 'click' has 3 row\(s\) with values outside",
+            lambda df: df.assign(
+                click=np.where(np.arange(len(df)) < 3, 2, df.click)
+            ),
+            r"'click' of binary task 'click' has 3 row\(s\) with values "
+            "outside",
         ),
         (
-            lambda df: df.assign(price=["x" if i == 4 else 1.0 for i in range(len(df))]),
+            lambda df: df.assign(
+                price=["x" if i == 4 else 1.0 for i in range(len(df))]
+            ),
             r"column 'price' must be numeric but has 1 non-numeric value",
         ),
         (
@@ -148,7 +158,9 @@ def test_multiclass_labels_checked():
     _, y, _ = data.dataframe_to_arrays(ok, [spec], [task])
     assert y["genre"].dtype == np.int64
     bad = pd.DataFrame({"x": [1.0, 2.0], "genre": [0, 3]})
-    with pytest.raises(ValueError, match=r"1 row\(s\) that are not integers in \[0, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"1 row\(s\) that are not integers in \[0, 3\)"
+    ):
         data.dataframe_to_arrays(bad, [spec], [task])
 
 
@@ -176,10 +188,17 @@ def test_input_block_identical_for_dataframe_csv_and_parquet(tmp_path):
     frame_arrays = data.dataframe_to_arrays(df, specs, TASKS)
     streams = {
         "csv": data.from_csv(
-            str(tmp_path / "part-*.csv"), specs, TASKS, batch_size=64, chunk_size=50
+            str(tmp_path / "part-*.csv"),
+            specs,
+            TASKS,
+            batch_size=64,
+            chunk_size=50,
         ),
         "parquet": data.from_parquet(
-            str(tmp_path / "part-*.parquet"), specs, TASKS, batch_size=64,
+            str(tmp_path / "part-*.parquet"),
+            specs,
+            TASKS,
+            batch_size=64,
             chunk_size=50,
         ),
     }
@@ -188,10 +207,16 @@ def test_input_block_identical_for_dataframe_csv_and_parquet(tmp_path):
     for fmt, ds in streams.items():
         x, y, sw = _collect(ds)
         assert len(x["price"]) == len(df), fmt  # no row lost
-        np.testing.assert_array_equal(np.asarray(block(x)), expected, err_msg=fmt)
+        np.testing.assert_array_equal(
+            np.asarray(block(x)), expected, err_msg=fmt
+        )
         for task in TASKS:
-            np.testing.assert_array_equal(y[task.name], frame_arrays[1][task.name])
-            np.testing.assert_array_equal(sw[task.name], frame_arrays[2][task.name])
+            np.testing.assert_array_equal(
+                y[task.name], frame_arrays[1][task.name]
+            )
+            np.testing.assert_array_equal(
+                sw[task.name], frame_arrays[2][task.name]
+            )
     # Batches are sized globally, not per file.
     sizes = [len(b[0]["price"]) for b in streams["csv"].as_numpy_iterator()]
     assert sizes == [64, 64, 64, 64, 1]
@@ -200,7 +225,9 @@ def test_input_block_identical_for_dataframe_csv_and_parquet(tmp_path):
 def test_from_dataframe_batches_every_row_once_and_shuffles():
     df = make_frame(n=100)
     specs = specs_for(df)
-    ds = data.from_dataframe(df, specs, TASKS, batch_size=32, shuffle=True, seed=3)
+    ds = data.from_dataframe(
+        df, specs, TASKS, batch_size=32, shuffle=True, seed=3
+    )
     epoch1 = np.concatenate([b[0]["user_id"] for b in ds.as_numpy_iterator()])
     epoch2 = np.concatenate([b[0]["user_id"] for b in ds.as_numpy_iterator()])
     assert sorted(epoch1) == sorted(df.user_id) == sorted(epoch2)
@@ -215,7 +242,9 @@ def test_file_sources_shard_and_fail_clearly(tmp_path):
     seen = []
     for index in range(2):
         x, _, _ = _collect(
-            data.from_csv(pattern, specs, TASKS, batch_size=16, shard=(2, index))
+            data.from_csv(
+                pattern, specs, TASKS, batch_size=16, shard=(2, index)
+            )
         )
         seen.append(len(x["price"]))
     assert seen == [60, 30]  # files 0 and 2, then file 1

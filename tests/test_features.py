@@ -12,11 +12,15 @@ def frame():
     return pd.DataFrame(
         {
             "user_id": rng.integers(0, 300, n),
-            "device": rng.choice(["ios", "android", "web"], n, p=[0.6, 0.3, 0.1]),
+            "device": rng.choice(
+                ["ios", "android", "web"], n, p=[0.6, 0.3, 0.1]
+            ),
             "position": rng.integers(1, 6, n),
             "price": np.where(rng.random(n) < 0.1, np.nan, rng.random(n) * 10),
             "age": rng.normal(30, 5, n),
-            "hist": [list(rng.integers(0, 40, rng.integers(0, 6))) for _ in range(n)],
+            "hist": [
+                list(rng.integers(0, 40, rng.integers(0, 6))) for _ in range(n)
+            ],
             "click": rng.integers(0, 2, n),
         }
     )
@@ -37,7 +41,9 @@ def test_infer_features_kinds_and_stats(frame):
     price = specs["price"]
     assert isinstance(price, F.NumericFeature)
     np.testing.assert_allclose(price.mean, frame.price.mean(), rtol=1e-12)
-    np.testing.assert_allclose(price.variance, frame.price.var(ddof=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        price.variance, frame.price.var(ddof=0), rtol=1e-12
+    )
     assert price.minimum == frame.price.min()
     assert price.missing_indicator is True
     assert specs["age"].missing_indicator is False
@@ -122,8 +128,14 @@ def test_invalid_sequence_args(kwargs, field):
         (dict(normalization="robust"), "normalization"),
         (dict(fill_value=float("inf")), "fill_value"),
     ],
-    ids=["neg_variance", "nan_mean", "minmax_no_stats", "max_below_min",
-         "unknown_norm", "inf_fill"],
+    ids=[
+        "neg_variance",
+        "nan_mean",
+        "minmax_no_stats",
+        "max_below_min",
+        "unknown_norm",
+        "inf_fill",
+    ],
 )
 def test_invalid_numeric_args(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -144,8 +156,12 @@ def test_validate_features_refuses_duplicates_and_mismatched_sharing():
     with pytest.raises(ValueError, match="share embedding 'items'"):
         F.validate_features(
             [
-                F.CategoricalFeature("item", vocab_size=10, shared_embedding="items"),
-                F.SequenceFeature("hist", vocab_size=11, shared_embedding="items"),
+                F.CategoricalFeature(
+                    "item", vocab_size=10, shared_embedding="items"
+                ),
+                F.SequenceFeature(
+                    "hist", vocab_size=11, shared_embedding="items"
+                ),
             ]
         )
     with pytest.raises(ValueError, match="at least one"):

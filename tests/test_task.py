@@ -22,8 +22,15 @@ def test_task_defaults_and_config_round_trip():
         (dict(name="a", kind="multiclass"), "num_classes"),
         (dict(name="a", num_classes=3), "num_classes"),
     ],
-    ids=["bad_name", "bad_kind", "self_space", "negative_weight",
-         "nan_weight", "multiclass_without_classes", "classes_on_binary"],
+    ids=[
+        "bad_name",
+        "bad_kind",
+        "self_space",
+        "negative_weight",
+        "nan_weight",
+        "multiclass_without_classes",
+        "classes_on_binary",
+    ],
 )
 def test_invalid_task_args(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -41,5 +48,7 @@ def test_validate_tasks_errors():
         validate_tasks([Task("a", space="b"), Task("b", space="a")])
     with pytest.raises(ValueError, match="at least one"):
         validate_tasks([])
-    tasks = validate_tasks([{"name": "click"}, {"name": "cvr", "space": "click"}])
+    tasks = validate_tasks(
+        [{"name": "click"}, {"name": "cvr", "space": "click"}]
+    )
     assert tasks[1].space == "click"

@@ -125,7 +125,8 @@ class InputBlock(keras.layers.Layer):
         ]
         # Lookup groups: features sharing an embedding share the lookup.
         self._group_of = {
-            f.name: f.shared_embedding or f"__{f.name}" for f in self.categorical
+            f.name: f.shared_embedding or f"__{f.name}"
+            for f in self.categorical
         }
         # Embedding tables: one per embedding width.
         self._dims = sorted({f.embed_dim for f in self.categorical})
@@ -251,9 +252,7 @@ class InputBlock(keras.layers.Layer):
         x = ops.where(missing, ops.convert_to_tensor(self._fill, "float32"), x)
         if any(self._log1p):
             logged = ops.sign(x) * ops.log1p(ops.abs(x))
-            x = ops.where(
-                ops.convert_to_tensor(self._log1p, "bool"), logged, x
-            )
+            x = ops.where(ops.convert_to_tensor(self._log1p, "bool"), logged, x)
         parts = [self.normalization(x)]
         if self._indicator_columns:
             parts.append(

@@ -9,12 +9,17 @@ from keras_mtl.layers.input_block import make_inputs
 SPECS = [
     F.NumericFeature("price", mean=2.0, variance=4.0),
     F.NumericFeature(
-        "age", minimum=10.0, maximum=60.0, normalization="minmax",
+        "age",
+        minimum=10.0,
+        maximum=60.0,
+        normalization="minmax",
         missing_indicator=False,
     ),
     F.CategoricalFeature("device", vocabulary=["ios", "android"], embed_dim=4),
     F.CategoricalFeature("slot", vocabulary=[3, 5], embed_dim=4),
-    F.CategoricalFeature("item", vocab_size=10, embed_dim=8, shared_embedding="items"),
+    F.CategoricalFeature(
+        "item", vocab_size=10, embed_dim=8, shared_embedding="items"
+    ),
     F.SequenceFeature(
         "hist", vocab_size=10, embed_dim=8, shared_embedding="items", max_len=3
     ),
@@ -38,7 +43,10 @@ def test_one_table_per_embedding_width_and_output_width():
     block = InputBlock(SPECS)
     out = block(raw_batch())
     tables = [w for w in block.weights if "embeddings" in w.path]
-    assert sorted(tuple(t.shape) for t in tables) == [(12, 8), (2 + 2 + 2 + 2 + 16, 4)]
+    assert sorted(tuple(t.shape) for t in tables) == [
+        (12, 8),
+        (2 + 2 + 2 + 2 + 16, 4),
+    ]
     # 2 (price + indicator) + 1 (age) + 4 + 4 + 8 + 8 + 4
     assert block.output_dim == 31 and tuple(out.shape) == (3, 31)
 
@@ -76,7 +84,9 @@ def test_lookup_rows_oov_missing_and_sharing():
 
 @pytest.mark.parametrize("pooling", ["mean", "sum", "max"], ids=str)
 def test_sequence_pooling_ignores_padding(pooling):
-    spec = F.SequenceFeature("hist", vocab_size=4, embed_dim=2, max_len=3, pooling=pooling)
+    spec = F.SequenceFeature(
+        "hist", vocab_size=4, embed_dim=2, max_len=3, pooling=pooling
+    )
     block = InputBlock([spec])
     block.build()
     table = np.arange(12, dtype="float32").reshape(6, 2)
@@ -85,7 +95,9 @@ def test_sequence_pooling_ignores_padding(pooling):
         block({"hist": np.array([[0, 3, -1], [-1, -1, -1]], "int64")})
     )
     rows = table[[2, 5]]  # ids 0 and 3 -> rows 2 and 5; padding excluded
-    expected = {"mean": rows.mean(0), "sum": rows.sum(0), "max": rows.max(0)}[pooling]
+    expected = {"mean": rows.mean(0), "sum": rows.sum(0), "max": rows.max(0)}[
+        pooling
+    ]
     np.testing.assert_allclose(out[0], expected)
     np.testing.assert_allclose(out[1], [0.0, 0.0])
 
@@ -106,8 +118,12 @@ def test_config_round_trip_and_keras_save_load(tmp_path):
 
 def test_one_step_fit_and_symbolic_shapes():
     inputs = make_inputs(SPECS)
-    assert inputs["hist"].shape == (None, 3) and inputs["price"].shape == (None,)
-    assert inputs["device"].dtype == "string" and inputs["item"].dtype == "int64"
+    assert inputs["hist"].shape == (None, 3) and inputs["price"].shape == (
+        None,
+    )
+    assert (
+        inputs["device"].dtype == "string" and inputs["item"].dtype == "int64"
+    )
     x = InputBlock(SPECS)(inputs)
     assert tuple(x.shape) == (None, 31)
     model = keras.Model(inputs, keras.layers.Dense(1)(x))
@@ -131,5 +147,7 @@ def test_missing_input_is_named():
     block = InputBlock(SPECS)
     batch = raw_batch()
     del batch["hist"]
-    with pytest.raises(ValueError, match=r"missing input feature\(s\) \['hist'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing input feature\(s\) \['hist'\]"
+    ):
         block(batch)

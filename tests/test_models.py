@@ -1,0 +1,222 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_mtl
+from keras_mtl import Task
+from keras_mtl import data
+from keras_mtl import datasets
+from keras_mtl import models
+
+FUNNEL = datasets.synthetic_funnel(1200, seed=1)
+SPECS = keras_mtl.infer_features(
+    FUNNEL, labels=datasets.FUNNEL_LABELS, embed_dim=4
+)
+TASKS = datasets.funnel_tasks()
+
+BUILD_CASES = {
+    "shared_bottom": dict(bottom_units=[16], tower_units=[8]),
+    "shared_embedding_towers": dict(tower_units=[16]),
+    "mmoe": dict(num_experts=3, expert_units=[8], tower_units=[8]),
+    "omoe": dict(num_experts=3, expert_units=[8], tower_units=[8]),
+    "cgc": dict(num_task_experts=2, num_shared_experts=1, expert_units=[8]),
+    "ple": dict(num_levels=2, expert_units=[8], tower_units=[4]),
+    "esmm": dict(tower_units=[8]),
+    "aitm": dict(tower_units=[8]),
+}
+
+
+def _arrays(tasks, n=None):
+    df = FUNNEL if n is None else FUNNEL.head(n)
+    return data.dataframe_to_arrays(df, SPECS, tasks)
+
+
+@pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
+def test_builder_trains_and_reloads_identically(architecture, tmp_path):
+    tasks = models.tasks_for(architecture, TASKS)
+    model = models.build(
+        architecture, SPECS, tasks, **BUILD_CASES[architecture]
+    )
+    expected = (
+        ["ctr", "cvr", "ctcvr"]
+        if architecture == "esmm"
+        else [t.name for t in tasks]
+    )
+    assert sorted(model.output_names) == sorted(expected)
+    assert {i.name for i in model.inputs} == {s.name for s in SPECS}
+    models.compile_model(model, tasks, learning_rate=0.01)
+    x, y, sw = _arrays(tasks)
+    history = model.fit(
+        x, y, sample_weight=sw, batch_size=256, epochs=2, verbose=0
+    )
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[1] < losses[0]
+    path = tmp_path / f"{architecture}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    xs, _, _ = _arrays(tasks, n=64)
+    before = model.predict(xs, verbose=0)
+    after = loaded.predict(xs, verbose=0)
+    for name in expected:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_compile_defaults_are_masked_weighted_and_overridable():
+    tasks = [
+        Task("click"),
+        Task("conversion", space="click", weight=2.0),
+        Task("watch_time", "regression", space="click"),
+    ]
+    model = models.shared_bottom(SPECS, tasks, bottom_units=[8], tower_units=[])
+    models.compile_model(
+        model, tasks, loss={"watch_time": keras.losses.Huber()}
+    )
+    # Default losses reduce over the task's own sample space.
+    assert model.loss["click"].reduction == "mean_with_sample_weight"
+    assert isinstance(model.loss["watch_time"], keras.losses.Huber)
+    # The total is the task-weighted sum of the per-task losses.
+    x, y, sw = data.dataframe_to_arrays(FUNNEL.head(300), SPECS, tasks)
+    result = model.evaluate(
+        x, y, sample_weight=sw, batch_size=300, verbose=0, return_dict=True
+    )
+    np.testing.assert_allclose(
+        result["loss"],
+        result["click_loss"]
+        + 2.0 * result["conversion_loss"]
+        + result["watch_time_loss"],
+        rtol=1e-5,
+    )
+    assert {
+        "click_auc",
+        "click_logloss",
+        "click_pcoc",
+        "watch_time_rmse",
+        "watch_time_mae",
+    } <= set(result)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['ctr'\]"):
+        models.compile_model(model, tasks, loss_weights={"ctr": 1.0})
+    with pytest.raises(ValueError, match=r"no output for task\(s\) \['like'\]"):
+        models.compile_model(model, [*tasks, Task("like", space="click")])
+
+
+def test_masked_training_loss_equals_in_space_mean():
+    tasks = [Task("click"), Task("conversion", space="click")]
+    model = models.shared_bottom(SPECS, tasks, bottom_units=[8], tower_units=[])
+    models.compile_model(model, tasks)
+    x, y, sw = _arrays(tasks, n=500)
+    result = model.evaluate(
+        x, y, sample_weight=sw, batch_size=500, verbose=0, return_dict=True
+    )
+    p = model.predict(x, verbose=0)["conversion"][:, 0].astype("float64")
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    bce = -(y["conversion"] * np.log(p) + (1 - y["conversion"]) * np.log(1 - p))
+    clicked = sw["conversion"] > 0
+    np.testing.assert_allclose(
+        result["conversion_loss"], bce[clicked].mean(), rtol=1e-4
+    )
+
+
+def test_esmm_gradient_reaches_cvr_only_through_ctcvr():
+    tasks = models.esmm_tasks()
+    model = models.esmm(SPECS, tasks, tower_units=[8])
+    assert [t.weight for t in tasks] == [1.0, 0.0, 1.0]  # cvr: no own loss
+    x, y, sw = _arrays(tasks)
+    cvr_kernel = model.get_layer("cvr_logit").kernel
+    before = keras.ops.convert_to_numpy(cvr_kernel).copy()
+    # Train on ctr alone: the CVR tower must not move.
+    model.compile(
+        "adam", loss={"ctr": "binary_crossentropy"}, loss_weights={"ctr": 1.0}
+    )
+    model.fit(x, {"ctr": y["ctr"]}, epochs=1, batch_size=256, verbose=0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(cvr_kernel), before
+    )
+    p = model.predict(x, verbose=0)
+    np.testing.assert_allclose(p["ctcvr"], p["ctr"] * p["cvr"], rtol=1e-6)
+
+
+def test_kl_bound_adds_a_training_loss_and_keeps_outputs():
+    tasks = [Task("click"), Task("conversion"), Task("order")]
+    df = FUNNEL.assign(order=FUNNEL.conversion)
+    x, y, sw = data.dataframe_to_arrays(df, SPECS, tasks)
+    bound = models.shared_bottom(
+        SPECS,
+        tasks,
+        bottom_units=[8],
+        kl_bounds=[(("click", "conversion"), "order", 0.5)],
+    )
+    assert "kl_bound_order" in [layer.name for layer in bound.layers]
+    out = bound(x, training=True)
+    assert len(bound.losses) == 1
+    p = {
+        k: keras.ops.convert_to_numpy(v)[:, 0].astype("float64")
+        for k, v in out.items()
+    }
+    chain = np.clip(p["click"] * p["conversion"], 1e-7, 1 - 1e-7)
+    joint = np.clip(p["order"], 1e-7, 1 - 1e-7)
+    kl = chain * np.log(chain / joint) + (1 - chain) * np.log(
+        (1 - chain) / (1 - joint)
+    )
+    kl += joint * np.log(joint / chain) + (1 - joint) * np.log(
+        (1 - joint) / (1 - chain)
+    )
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(bound.losses[0])),
+        0.5 * kl.mean(),
+        rtol=1e-3,
+    )
+    with pytest.raises(ValueError, match="not a binary task"):
+        models.shared_bottom(
+            SPECS, tasks, kl_bounds=[(("click",), "nope", 1.0)]
+        )
+
+
+def test_tasks_for_adapts_funnel_tasks():
+    assert [t.name for t in models.tasks_for("esmm", TASKS)] == [
+        "ctr",
+        "cvr",
+        "ctcvr",
+    ]
+    path = models.tasks_for("aitm", TASKS)
+    assert [(t.name, t.space) for t in path] == [
+        ("click", None),
+        ("conversion", None),
+    ]
+    assert models.tasks_for("mmoe", TASKS) == TASKS
+    with pytest.raises(ValueError, match="path of binary tasks"):
+        models.tasks_for("esmm", [Task("click")])
+
+
+@pytest.mark.parametrize(
+    "architecture, kwargs, message",
+    [
+        ("mmoe", dict(num_experts=0), "num_experts"),
+        ("mmoe", dict(tower_units=[0]), "tower_units"),
+        ("shared_bottom", dict(bottom_units=[]), "bottom_units"),
+        ("ple", dict(num_levels=0), "num_levels"),
+        ("mmoe", dict(dropout=1.5), "dropout"),
+        ("cgc", dict(num_levels=2), "num_levels"),
+        ("omoe", dict(single_gate=False), "single_gate"),
+    ],
+    ids=[
+        "experts",
+        "towers",
+        "bottom",
+        "levels",
+        "dropout",
+        "cgc_levels",
+        "omoe_gate",
+    ],
+)
+def test_invalid_builder_arguments(architecture, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.build(architecture, SPECS, TASKS, **kwargs)
+
+
+def test_esmm_and_aitm_refuse_wrong_tasks():
+    with pytest.raises(ValueError, match="'ctr', 'cvr' and 'ctcvr'"):
+        models.esmm(SPECS, TASKS)
+    with pytest.raises(ValueError, match="entire impression space"):
+        models.aitm(SPECS, [Task("click"), Task("conversion", space="click")])
+    with pytest.raises(ValueError, match="Unknown `architecture`"):
+        models.build("transformer", SPECS, TASKS)
