@@ -9,9 +9,13 @@ import pandas as pd
 from keras_mtl import runner
 
 DEMO_CONFIG = {
-    "dataset": {"name": "funnel", "n": 200_000, "seed": 0},
+    "dataset": {"name": "funnel", "n": 400_000, "seed": 0},
     "model": {"architecture": "mmoe"},
-    "training": {"epochs": 3, "batch_size": 1024},
+    "training": {
+        "epochs": 4,
+        "batch_size": 1024,
+        "early_stopping_patience": 1,
+    },
     "output_dir": "runs/demo",
 }
 
