@@ -131,9 +131,7 @@ class Task:
 
     def __repr__(self):
         args = ", ".join(
-            f"{k}={v!r}"
-            for k, v in self.get_config().items()
-            if v is not None
+            f"{k}={v!r}" for k, v in self.get_config().items() if v is not None
         )
         return f"Task({args})"
 

@@ -1,4 +1,4 @@
-"""Model builders: feature specs + tasks in, a functional multi-output model.
+"""The core model zoo: shared bottoms, MoE, PLE, ESMM and AITM builders.
 
 Every builder takes the feature specs and the tasks and returns a
 `keras.Model` whose inputs are one named raw input per feature and whose
