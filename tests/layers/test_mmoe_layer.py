@@ -1,0 +1,273 @@
+"""Tests of keras_mtl.layers.MMoELayer (MMoE and OMoE)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import MLP
+from keras_mtl.layers import MMoELayer
+
+pytestmark = pytest.mark.backend
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def _x(batch=4, dim=5):
+    return np.random.default_rng(0).normal(size=(batch, dim)).astype("float32")
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _reference(layer, x):
+    """Loop-per-expert NumPy MMoE with the layer's weights (relu experts)."""
+    experts = []
+    for e in range(layer.num_experts):
+        h = x
+        for kernel, bias in zip(layer.expert_kernels, layer.expert_biases):
+            h = np.maximum(h @ _np(kernel)[e] + _np(bias)[e], 0.0)
+        experts.append(h)
+    experts = np.stack(experts, axis=1)  # (batch, experts, units)
+    outputs, gates = [], []
+    for t in range(layer.num_tasks):
+        g = 0 if layer.single_gate else t
+        gate = _softmax(x @ _np(layer.gate_kernel)[g] + _np(layer.gate_bias)[g])
+        gates.append(gate)
+        outputs.append(np.einsum("be,beu->bu", gate, experts))
+    return outputs, np.stack(gates, axis=1)
+
+
+def test_config_round_trip():
+    layer = MMoELayer(
+        num_experts=3,
+        expert_units=[8, 4],
+        num_tasks=2,
+        expert_activation="tanh",
+        expert_dropout=0.2,
+        single_gate=True,
+        return_gates=True,
+        kernel_initializer="he_uniform",
+        kernel_regularizer="l2",
+        name="mmoe",
+    )
+    config = layer.get_config()
+    assert MMoELayer.from_config(config).get_config() == config
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert isinstance(revived, MMoELayer)
+    assert revived.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "return_gates", [False, True], ids=["outputs", "with_gates"]
+)
+def test_symbolic_and_eager_call(return_gates):
+    layer = MMoELayer(3, [8, 4], 2, return_gates=return_gates)
+    symbolic = layer(keras.Input((5,)))
+    eager = layer(_x())
+    if return_gates:
+        symbolic, symbolic_gates = symbolic
+        eager, eager_gates = eager
+        assert tuple(symbolic_gates.shape) == (None, 2, 3)
+        assert _np(eager_gates).shape == (4, 2, 3)
+    assert [tuple(t.shape) for t in symbolic] == [(None, 4)] * 2
+    assert [_np(t).shape for t in eager] == [(4, 4)] * 2
+    expected_shape = [(None, 4)] * 2
+    if return_gates:
+        expected_shape = (expected_shape, (None, 2, 3))
+    assert layer.compute_output_shape((None, 5)) == expected_shape
+
+
+def test_matches_per_expert_reference():
+    layer = MMoELayer(3, [6, 4], 2, return_gates=True)
+    x = _x()
+    outputs, gates = layer(x)
+    expected_outputs, expected_gates = _reference(layer, x)
+    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
+    for out, expected in zip(outputs, expected_outputs):
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_exact_values_with_ones():
+    layer = MMoELayer(2, [3, 2], 2, kernel_initializer="ones")
+    x = np.array([[1.0, 2.0, 0.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0, -3.0]])
+    outputs = layer(x.astype("float32"))
+    # Every expert: level 0 gives relu(sum(x)) x3, level 1 gives 3 * that;
+    # equal gate logits give uniform gates, so the mixture is the same.
+    for out in outputs:
+        np.testing.assert_allclose(_np(out), [[12.0, 12.0], [0.0, 0.0]])
+
+
+def test_one_expert_equals_shared_bottom():
+    mmoe = MMoELayer(1, [6, 4], 3)
+    bottom = MLP([6, 4])
+    x = _x()
+    outputs = mmoe(x)
+    bottom(x)
+    for i, dense in enumerate(bottom.dense_layers):
+        dense.kernel.assign(mmoe.expert_kernels[i][0])
+        dense.bias.assign(mmoe.expert_biases[i][0])
+    expected = _np(bottom(x))
+    assert np.any(expected != 0.0)
+    for out in outputs:
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gates_sum_to_one_and_differ_between_tasks():
+    layer = MMoELayer(4, [3], 2, return_gates=True)
+    x = _x()
+    layer(x)
+    kernel = np.zeros((2, 5, 4), "float32")
+    kernel[1] = np.random.default_rng(1).normal(size=(5, 4))
+    layer.gate_kernel.assign(kernel)
+    outputs, gates = layer(x)
+    gates = _np(gates)
+    np.testing.assert_allclose(gates.sum(axis=-1), np.ones((4, 2)), rtol=1e-6)
+    np.testing.assert_allclose(gates[:, 0], np.full((4, 4), 0.25), rtol=1e-6)
+    np.testing.assert_allclose(gates[:, 1], _softmax(x @ kernel[1]), rtol=1e-5)
+    assert not np.allclose(gates[:, 0], gates[:, 1])
+    assert not np.allclose(_np(outputs[0]), _np(outputs[1]))
+
+
+def test_single_gate_is_shared_by_every_task():
+    layer = MMoELayer(4, [3], 3, single_gate=True, return_gates=True)
+    outputs, gates = layer(_x())
+    assert tuple(layer.gate_kernel.shape) == (1, 5, 4)
+    gates = _np(gates)
+    assert gates.shape == (4, 3, 4)
+    for t in (1, 2):
+        np.testing.assert_array_equal(gates[:, t], gates[:, 0])
+        np.testing.assert_array_equal(_np(outputs[t]), _np(outputs[0]))
+
+
+def test_each_expert_initialised_separately():
+    # Glorot on one (64, 64) expert: limit sqrt(6 / 128); a stacked fan would
+    # halve it for 4 experts. An integer seed must still give distinct
+    # experts.
+    layer = MMoELayer(
+        4, [64], 1, kernel_initializer=keras.initializers.GlorotUniform(7)
+    )
+    layer.build((None, 64))
+    kernel = _np(layer.expert_kernels[0])
+    limit = np.sqrt(6.0 / 128.0)
+    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() > 0.9 * limit
+    assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_dropout_only_in_training():
+    layer = MMoELayer(2, [32], 1, expert_dropout=0.5)
+    x = _x()
+    np.testing.assert_array_equal(
+        _np(layer(x, training=False)[0]), _np(layer(x)[0])
+    )
+    assert not np.allclose(
+        _np(layer(x, training=True)[0]), _np(layer(x, training=False)[0])
+    )
+
+
+def test_kernel_regularizer_losses():
+    layer = MMoELayer(2, [4, 3], 2, kernel_regularizer="l2")
+    layer(_x())
+    assert len(layer.losses) == 3  # two expert levels and the gates
+
+
+def test_one_step_fit_updates_weights():
+    inputs = keras.Input((5,))
+    task_a, task_b = MMoELayer(3, [6, 4], 2, expert_dropout=0.1)(inputs)
+    model = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(1, name="a")(task_a),
+            "b": keras.layers.Dense(1, name="b")(task_b),
+        },
+    )
+    model.compile(
+        optimizer="sgd", loss={"a": "mse", "b": "mse"}, jit_compile=False
+    )
+    before = [_np(w) for w in model.trainable_weights]
+    history = model.fit(
+        _x(8), {"a": np.ones((8, 1)), "b": np.zeros((8, 1))}, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
+    after = [_np(w) for w in model.trainable_weights]
+    assert all(not np.allclose(b, a) for b, a in zip(before, after))
+
+
+def test_mixed_bfloat16(mixed_bfloat16):
+    layer = MMoELayer(3, [4, 2], 2, return_gates=True)
+    outputs, gates = layer(_x())
+    for tensor in [*outputs, gates]:
+        assert keras.backend.standardize_dtype(tensor.dtype) == "bfloat16"
+    assert all(
+        keras.backend.standardize_dtype(w.dtype) == "float32"
+        for w in layer.weights
+    )
+    np.testing.assert_allclose(
+        _np(keras.ops.sum(keras.ops.cast(gates, "float32"), axis=-1)),
+        np.ones((4, 2)),
+        rtol=1e-2,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_experts": 0}, "num_experts"),
+        ({"num_experts": True}, "num_experts"),
+        ({"expert_units": []}, "expert_units"),
+        ({"expert_units": [4, -1]}, "expert_units"),
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"num_tasks": 2.0}, "num_tasks"),
+        ({"expert_dropout": 1.0}, "expert_dropout"),
+        ({"single_gate": "yes"}, "single_gate"),
+        ({"return_gates": 1}, "return_gates"),
+        ({"expert_activation": "nope"}, "expert_activation"),
+        ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
+    ],
+    ids=[
+        "zero_experts",
+        "bool_experts",
+        "empty_expert_units",
+        "negative_expert_unit",
+        "zero_tasks",
+        "float_tasks",
+        "dropout_one",
+        "str_single_gate",
+        "int_return_gates",
+        "unknown_activation",
+        "unknown_regularizer",
+    ],
+)
+def test_invalid_arguments(kwargs, name):
+    arguments = {"num_experts": 2, "expert_units": [4], "num_tasks": 2}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=f"`{name}`.*Received: {name}="):
+        MMoELayer(**arguments)
+
+
+def test_keras_save_and_load(tmp_path):
+    inputs = keras.Input((5,))
+    task_a, task_b = MMoELayer(3, [4], 2, name="mmoe")(inputs)
+    model = keras.Model(inputs, {"a": task_a, "b": task_b})
+    path = tmp_path / "mmoe.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("mmoe"), MMoELayer)
+    expected = model.predict(_x(), verbose=0)
+    actual = loaded.predict(_x(), verbose=0)
+    for key in ("a", "b"):
+        np.testing.assert_allclose(actual[key], expected[key])

@@ -1,0 +1,290 @@
+"""Tests of keras_mtl.layers.PLELevel (CGC and stacked PLE)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import PLELevel
+
+pytestmark = pytest.mark.backend
+
+NUM_TASKS = 3
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def _x(batch=4, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(batch, dim)).astype("float32")
+
+
+def _branches(batch=4, dim=5):
+    """Distinct inputs for the task branches, then the shared branch."""
+    return [_x(batch, dim, seed=s) for s in range(NUM_TASKS + 1)]
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _level(**kwargs):
+    arguments = {
+        "num_tasks": NUM_TASKS,
+        "num_task_experts": 2,
+        "num_shared_experts": 2,
+        "expert_units": [6, 4],
+    }
+    arguments.update(kwargs)
+    return PLELevel(**arguments)
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _mlp(x, kernels, biases):
+    for kernel, bias in zip(kernels, biases):
+        x = np.maximum(x @ kernel + bias, 0.0)
+    return x
+
+
+def _reference(layer, inputs):
+    """Loop-per-expert NumPy PLE level with the layer's weights."""
+    if not isinstance(inputs, list):
+        inputs = [inputs] * (layer.num_tasks + 1)
+    task_kernels = [_np(k) for k in layer.task_expert_kernels]
+    task_biases = [_np(b) for b in layer.task_expert_biases]
+    shared = [
+        _mlp(
+            inputs[-1],
+            [_np(k)[e] for k in layer.shared_expert_kernels],
+            [_np(b)[e] for b in layer.shared_expert_biases],
+        )
+        for e in range(layer.num_shared_experts)
+    ]
+    task_experts, outputs = [], []
+    for t in range(layer.num_tasks):
+        experts = [
+            _mlp(
+                inputs[t],
+                [k[t, e] for k in task_kernels],
+                [b[t, e] for b in task_biases],
+            )
+            for e in range(layer.num_task_experts)
+        ]
+        task_experts += experts
+        gate = _softmax(
+            inputs[t] @ _np(layer.task_gate_kernel)[t]
+            + _np(layer.task_gate_bias)[t]
+        )
+        stacked = np.stack(experts + shared, axis=1)
+        outputs.append(np.einsum("be,beu->bu", gate, stacked))
+    if not layer.is_last:
+        gate = _softmax(
+            inputs[-1] @ _np(layer.shared_gate_kernel)
+            + _np(layer.shared_gate_bias)
+        )
+        stacked = np.stack(task_experts + shared, axis=1)
+        outputs.append(np.einsum("be,beu->bu", gate, stacked))
+    return outputs
+
+
+def test_config_round_trip():
+    layer = _level(
+        is_last=True,
+        expert_activation="gelu",
+        expert_dropout=0.1,
+        return_gates=True,
+        kernel_initializer="he_normal",
+        kernel_regularizer="l1",
+        name="ple",
+    )
+    config = layer.get_config()
+    assert PLELevel.from_config(config).get_config() == config
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert isinstance(revived, PLELevel)
+    assert revived.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "is_last, list_inputs",
+    [(False, False), (False, True), (True, True)],
+    ids=["first_level", "middle_level", "last_level"],
+)
+def test_symbolic_and_eager_call(is_last, list_inputs):
+    layer = _level(is_last=is_last)
+    num_outputs = NUM_TASKS if is_last else NUM_TASKS + 1
+    if list_inputs:
+        symbolic_inputs = [keras.Input((5,)) for _ in range(NUM_TASKS + 1)]
+        eager_inputs = _branches()
+        input_shape = [(None, 5)] * (NUM_TASKS + 1)
+    else:
+        symbolic_inputs, eager_inputs = keras.Input((5,)), _x()
+        input_shape = (None, 5)
+    symbolic = layer(symbolic_inputs)
+    assert [tuple(t.shape) for t in symbolic] == [(None, 4)] * num_outputs
+    eager = layer(eager_inputs)
+    assert [_np(t).shape for t in eager] == [(4, 4)] * num_outputs
+    assert layer.compute_output_shape(input_shape) == (
+        [(None, 4)] * num_outputs
+    )
+
+
+@pytest.mark.parametrize(
+    "is_last, list_inputs",
+    [(False, False), (False, True), (True, True)],
+    ids=["first_level", "middle_level", "last_level"],
+)
+def test_matches_per_expert_reference(is_last, list_inputs):
+    layer = _level(is_last=is_last)
+    inputs = _branches() if list_inputs else _x()
+    outputs = layer(inputs)
+    expected = _reference(layer, inputs)
+    assert len(outputs) == len(expected)
+    for out, exp in zip(outputs, expected):
+        np.testing.assert_allclose(_np(out), exp, rtol=1e-5, atol=1e-6)
+
+
+def test_exact_values_with_ones():
+    layer = _level(expert_units=[3], kernel_initializer="ones")
+    x = np.array([[1.0, 2.0, 0.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0, -3.0]])
+    outputs = layer(x.astype("float32"))
+    # Every expert gives relu(sum(x)) per unit and the gates are uniform.
+    assert len(outputs) == NUM_TASKS + 1
+    for out in outputs:
+        np.testing.assert_allclose(_np(out), [[4.0] * 3, [0.0] * 3])
+
+
+def test_task_output_ignores_other_tasks_experts():
+    layer = _level()
+    inputs = _branches()
+    before = [_np(t) for t in layer(inputs)]
+    # Perturb task 0's experts at every expert level.
+    for kernel in layer.task_expert_kernels:
+        value = _np(kernel)
+        value[0] = np.random.default_rng(1).normal(size=value[0].shape)
+        kernel.assign(value)
+    after = [_np(t) for t in layer(inputs)]
+    assert not np.allclose(after[0], before[0])
+    for t in range(1, NUM_TASKS):
+        np.testing.assert_array_equal(after[t], before[t])
+    # The shared gate mixes every expert, task 0's included.
+    assert not np.allclose(after[-1], before[-1])
+
+
+def test_task_output_ignores_other_tasks_branches():
+    layer = _level()
+    inputs = _branches()
+    before = [_np(t) for t in layer(inputs)]
+    inputs[1] = inputs[1] + 1.0
+    after = [_np(t) for t in layer(inputs)]
+    assert not np.allclose(after[1], before[1])
+    for t in (0, 2):
+        np.testing.assert_array_equal(after[t], before[t])
+
+
+def test_cgc_returns_one_output_per_task_and_no_shared_gate():
+    layer = _level(is_last=True)
+    outputs = layer(_x())
+    assert len(outputs) == NUM_TASKS
+    assert not hasattr(layer, "shared_gate_kernel")
+
+
+def test_return_gates():
+    layer = _level(num_task_experts=1, num_shared_experts=2, return_gates=True)
+    outputs, gates = layer(_branches())
+    gates = _np(gates)
+    assert len(outputs) == NUM_TASKS + 1
+    assert gates.shape == (4, NUM_TASKS, 3)
+    np.testing.assert_allclose(gates.sum(-1), np.ones((4, NUM_TASKS)), 1e-6)
+    _, symbolic_gates = layer([keras.Input((5,))] * (NUM_TASKS + 1))
+    assert tuple(symbolic_gates.shape) == (None, NUM_TASKS, 3)
+
+
+def test_two_level_ple_one_step_fit():
+    inputs = keras.Input((5,))
+    branches = _level(expert_units=[8], expert_dropout=0.1)(inputs)
+    towers = _level(expert_units=[4], is_last=True)(branches)
+    names = [f"task_{t}" for t in range(NUM_TASKS)]
+    model = keras.Model(
+        inputs,
+        {n: keras.layers.Dense(1, name=n)(h) for n, h in zip(names, towers)},
+    )
+    model.compile(
+        optimizer="sgd", loss={n: "mse" for n in names}, jit_compile=False
+    )
+    before = [_np(w) for w in model.trainable_weights]
+    history = model.fit(
+        _x(8), {n: np.ones((8, 1)) for n in names}, batch_size=8, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
+    after = [_np(w) for w in model.trainable_weights]
+    assert all(not np.allclose(b, a) for b, a in zip(before, after))
+
+
+def test_mixed_bfloat16(mixed_bfloat16):
+    layer = _level(return_gates=True)
+    outputs, gates = layer(_branches())
+    for tensor in [*outputs, gates]:
+        assert keras.backend.standardize_dtype(tensor.dtype) == "bfloat16"
+    assert all(
+        keras.backend.standardize_dtype(w.dtype) == "float32"
+        for w in layer.weights
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"num_task_experts": -1}, "num_task_experts"),
+        ({"num_shared_experts": 0}, "num_shared_experts"),
+        ({"expert_units": [0]}, "expert_units"),
+        ({"is_last": "no"}, "is_last"),
+        ({"return_gates": None}, "return_gates"),
+        ({"expert_dropout": 2.0}, "expert_dropout"),
+        ({"expert_activation": "nope"}, "expert_activation"),
+    ],
+    ids=[
+        "zero_tasks",
+        "negative_task_experts",
+        "zero_shared_experts",
+        "zero_expert_unit",
+        "str_is_last",
+        "none_return_gates",
+        "dropout_two",
+        "unknown_activation",
+    ],
+)
+def test_invalid_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`.*Received: {name}="):
+        _level(**kwargs)
+
+
+def test_wrong_number_of_branches():
+    with pytest.raises(ValueError, match="num_tasks \\+ 1 = 4 tensors"):
+        _level()(_branches()[:3])
+
+
+def test_keras_save_and_load(tmp_path):
+    inputs = keras.Input((5,))
+    branches = _level(expert_units=[4], name="level_1")(inputs)
+    towers = _level(expert_units=[3], is_last=True, name="level_2")(branches)
+    model = keras.Model(inputs, towers)
+    path = tmp_path / "ple.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("level_2"), PLELevel)
+    for actual, expected in zip(
+        loaded.predict(_x(), verbose=0), model.predict(_x(), verbose=0)
+    ):
+        np.testing.assert_allclose(actual, expected)
