@@ -344,11 +344,12 @@ def _report_records(report):
     }
 
 
-def train(config=None, verbose=2):
+def train(config=None, verbose=1):
     """Trains a model from a run config; returns `(model, report, out_dir)`.
 
     The report is `keras_mtl.metrics.evaluate_report` on the test split (the
-    validation split when there is no test split).
+    validation split when there is no test split). `verbose=1` shows Keras'
+    progress bar during `fit`.
     """
     import keras
 

@@ -1,6 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from keras_mtl import Task
 from keras_mtl import data
@@ -271,3 +274,51 @@ def test_train_val_split_partitions_rows():
     assert train.index.equals(again.index)
     with pytest.raises(ValueError, match="val_fraction"):
         data.train_val_split(df, 1.5)
+
+
+# Property tests: the vectorised conversions against plain-Python references.
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seqs=st.lists(
+        st.lists(st.integers(0, 50), max_size=8), min_size=1, max_size=20
+    ),
+    max_len=st.integers(1, 6),
+)
+def test_sequence_padding_matches_reference(seqs, max_len):
+    spec = F.SequenceFeature("s", vocab_size=51, max_len=max_len)
+    out = data.features_to_arrays(pd.DataFrame({"s": seqs}), [spec])["s"]
+    for row, seq in zip(out.tolist(), seqs):
+        kept = seq[-max_len:] if seq else []
+        assert row == kept + [-1] * (max_len - len(kept))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 1.0, np.nan]),
+            st.sampled_from([0.0, 1.0, np.nan]),
+            st.sampled_from([0.5, 3.0, np.nan]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_sample_weights_match_reference(rows):
+    click, conv, watch = (np.array(c, dtype="float64") for c in zip(*rows))
+    df = pd.DataFrame(
+        {"x": np.ones(len(rows)), "click": click, "conv": conv, "watch": watch}
+    )
+    tasks = [
+        Task("click"),
+        Task("conv", space="click"),
+        Task("watch", "regression", space="conv"),
+    ]
+    _, y, sw = data.dataframe_to_arrays(df, [F.NumericFeature("x")], tasks)
+    for i, (c, v, w) in enumerate(rows):
+        assert sw["click"][i] == (c == c)  # observed unless NaN
+        assert sw["conv"][i] == (v == v and c == 1)
+        assert sw["watch"][i] == (w == w and v == 1 and c == 1)
+        assert not np.isnan(y["watch"][i])
