@@ -16,7 +16,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m keras_mtl demo
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m keras_mtl demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -36,3 +36,18 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Quality benchmarks against torch-rechub and DeepCTR, in a venv of their own
+# (created once; the stamp says it is complete). See docs/BENCHMARKS.md.
+BENCH_VENV := .bench-venv
+
+$(BENCH_VENV)/.bench-installed: bench/requirements.txt setup.py
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . --no-deps
+	touch $@
+
+.PHONY: bench
+bench: $(BENCH_VENV)/.bench-installed
+	nice -n 10 $(BENCH_VENV)/bin/python bench/run.py --suite quality

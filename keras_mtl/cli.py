@@ -9,7 +9,7 @@ import pandas as pd
 from keras_mtl import runner
 
 DEMO_CONFIG = {
-    "dataset": {"name": "funnel", "n": 400_000, "seed": 0},
+    "dataset": {"name": "funnel", "n": 300_000, "seed": 0},
     "model": {"architecture": "mmoe"},
     "training": {
         "epochs": 4,
