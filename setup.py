@@ -19,11 +19,15 @@ setup(
         "keras>=3.10,<4",
         f"tensorflow{TF_RANGE}",
         "keras-tuner>=1.4.7",
+        # Pairwise ranking losses (keras_mtl.ranking).
+        "keras-rs==0.4.0",
         "pandas>=2",
         f"tensorflow-serving-api{TF_RANGE}",
         # Parquet shards (keras_mtl.data.from_parquet) and YAML run configs.
         "pyarrow>=14",
         "pyyaml>=6",
+        # keras_mtl.tuning plots the Pareto front (pareto.png).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [
@@ -33,9 +37,15 @@ setup(
             "hypothesis>=6",
             "nbclient>=0.10",
             "ipykernel>=6",
+            # tests/test_export.py checks the ONNX export (`onnx` extra).
+            "onnx==1.23.2",
+            "onnxruntime==1.31.1",
+            "tf2onnx==1.17.0",
         ],
         "notebooks": ["jupyter", "matplotlib>=3.8"],
         "bench": ["psutil>=5", "matplotlib>=3.8"],
+        # keras_mtl.export.export_onnx (Keras' ONNX export uses tf2onnx).
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "tf2onnx==1.17.0"],
     },
     entry_points={"console_scripts": ["keras-mtl=keras_mtl.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""Command line: `python -m keras_mtl {train,evaluate,predict,demo}`."""
+"""Command line: `python -m keras_mtl {train,evaluate,predict,demo,export}`."""
 
 import argparse
 import logging
@@ -106,6 +106,42 @@ def build_parser():
         default="",
         help="comma-separated input columns copied to the output",
     )
+    p = sub.add_parser(
+        "export", help="export a saved run for TF Serving (SavedModel)"
+    )
+    p.add_argument("--model-dir", required=True, help="a run saved by train")
+    p.add_argument(
+        "--base-dir", required=True, help="TF Serving base path of the model"
+    )
+    p.add_argument("--version", type=int, help="default: the next integer")
+    p.add_argument(
+        "--fusion",
+        help="score fusion: JSON, a .json file, or 'click=1,conversion=0.5'",
+    )
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="add user_embedding / score_items signatures",
+    )
+    p.add_argument(
+        "--example-signatures",
+        action="store_true",
+        help="add classify_/regress_ signatures over tf.Example",
+    )
+    p.add_argument(
+        "--no-warmup", action="store_true", help="skip the warmup requests"
+    )
+    p = sub.add_parser(
+        "tune", help="KerasTuner search (see keras_mtl.tuning, tuning/)"
+    )
+    p.add_argument("--config", required=True, help="YAML or JSON config")
+    p.add_argument("--algorithm", choices=("random", "bayesian", "hyperband"))
+    p.add_argument("--max-trials", type=int)
+    p.add_argument("--output-dir", help="search directory (resumable)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="restart, not resume"
+    )
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     return parser
 
 
@@ -134,6 +170,26 @@ def main(argv=None):
                 args.model_dir, args.input, args.output, keep_columns=keep
             )
             print(f"Scored {rows} rows into {args.output}")
+        elif args.command == "export":
+            from keras_mtl import export as export_lib
+
+            model, features, tasks, _ = runner.load_run(args.model_dir)
+            path = export_lib.export_for_serving(
+                model,
+                args.base_dir,
+                version=args.version,
+                fusion=export_lib.parse_fusion(args.fusion),
+                warmup=not args.no_warmup,
+                split=args.split,
+                example_signatures=args.example_signatures,
+                tasks=tasks,
+                features=features,
+            )
+            print(f"Exported version {path.name} to {path}")
+        elif args.command == "tune":
+            from keras_mtl.tuning import search
+
+            search.main(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"keras-mtl {args.command}: error: {err}", file=sys.stderr)
         return 2

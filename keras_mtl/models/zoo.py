@@ -8,6 +8,7 @@ task names. `compile_model` then sets each task's masked loss, weight and
 metrics.
 """
 
+import contextlib
 import inspect
 
 import keras
@@ -55,7 +56,39 @@ def _check_common(features, tasks, tower_units, dropout):
     return features, tasks, tower_units
 
 
+# Stack of `(inputs, x)` pairs pushed by `precomputed_input`.
+_PRECOMPUTED = []
+
+
+@contextlib.contextmanager
+def precomputed_input(inputs, x):
+    """Makes the builders called inside use a given input vector.
+
+    Inside the block, every builder skips its own `InputBlock` and uses
+    `inputs` (a dict of `keras.Input`s, the model's inputs) and `x` (the
+    `(batch, d)` vector computed from them) instead; the sharing block and
+    towers are built as usual. `keras_mtl.models.split_model` uses it to put
+    a zoo architecture on top of item embeddings plus a user vector.
+
+    Args:
+        inputs: dict of `keras.Input`s, the inputs of the model to build.
+        x: KerasTensor. The input vector the sharing block takes.
+
+    Example:
+
+    >>> with keras_mtl.models.zoo.precomputed_input(inputs, x):
+    ...     scorer = keras_mtl.models.mmoe(item_specs, tasks)
+    """
+    _PRECOMPUTED.append((inputs, x))
+    try:
+        yield
+    finally:
+        _PRECOMPUTED.pop()
+
+
 def _inputs_and_embedding(features, embeddings_regularizer=None):
+    if _PRECOMPUTED:
+        return _PRECOMPUTED[-1]
     block = InputBlock(
         features,
         embeddings_regularizer=embeddings_regularizer,

@@ -67,7 +67,7 @@ def test_lookup_rows_oov_missing_and_sharing():
     block = InputBlock(SPECS)
     block.build()
     emb = block.embed(raw_batch())
-    table8 = keras.ops.convert_to_numpy(block.tables[8].embeddings)
+    table8 = keras.ops.convert_to_numpy(block.tables["8"].embeddings)
     # item id 1 -> local row 3; 11 (unseen) -> OOV row 1; -1 -> mask row 0.
     item = keras.ops.convert_to_numpy(emb["item"])
     np.testing.assert_array_equal(item, table8[[3, 1, 0]])
@@ -76,7 +76,7 @@ def test_lookup_rows_oov_missing_and_sharing():
     np.testing.assert_array_equal(hist[0, 0], table8[3])
     assert mask.tolist() == [[True, True, False], [False] * 3, [True] * 3]
     # Unseen and missing strings go to rows 1 and 0 of their own section.
-    table4 = keras.ops.convert_to_numpy(block.tables[4].embeddings)
+    table4 = keras.ops.convert_to_numpy(block.tables["4"].embeddings)
     device = keras.ops.convert_to_numpy(emb["device"])
     off = block.offsets["__device"]
     np.testing.assert_array_equal(device, table4[[off + 2, off + 1, off + 0]])
@@ -90,7 +90,7 @@ def test_sequence_pooling_ignores_padding(pooling):
     block = InputBlock([spec])
     block.build()
     table = np.arange(12, dtype="float32").reshape(6, 2)
-    block.tables[2].embeddings.assign(table)
+    block.tables["2"].embeddings.assign(table)
     out = keras.ops.convert_to_numpy(
         block({"hist": np.array([[0, 3, -1], [-1, -1, -1]], "int64")})
     )
