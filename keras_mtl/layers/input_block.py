@@ -1,9 +1,11 @@
 """`InputBlock`: raw named features in, one dense vector per example out."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mtl import features as features_lib
+from keras_mtl.layers.missing_value_layer import MissingValueLayer
 
 
 def make_inputs(features):
@@ -82,6 +84,10 @@ class InputBlock(keras.layers.Layer):
         embeddings_initializer: initializer of the embedding tables.
             Defaults to `"uniform"` (Keras' `Embedding` default).
         embeddings_regularizer: optional regularizer of the tables.
+        learned_fill: bool. Replace a missing numeric value by a trainable
+            fill (`MissingValueLayer`, in normalised units, initialised to
+            the spec's fill value) instead of the fixed fill. The missing
+            indicators are unchanged. Defaults to `False`.
 
     Call arguments:
         inputs: dict of raw tensors keyed by feature name, as made by
@@ -103,9 +109,16 @@ class InputBlock(keras.layers.Layer):
         features,
         embeddings_initializer="uniform",
         embeddings_regularizer=None,
+        learned_fill=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not isinstance(learned_fill, bool):
+            raise ValueError(
+                "`learned_fill` must be a bool. "
+                f"Received: learned_fill={learned_fill!r}"
+            )
+        self.learned_fill = learned_fill
         self.features = features_lib.validate_features(features)
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer
@@ -188,6 +201,8 @@ class InputBlock(keras.layers.Layer):
             self.lookups[group] = self._make_lookup(spec)
             self.offsets[group] = sizes[spec.embed_dim]
             sizes[spec.embed_dim] += spec.table_size
+        # Keyed by str(dim): TensorFlow's SavedModel tracking (used by
+        # `model.export` and `keras_mtl.export`) refuses non-string keys.
         self.tables = {}
         for dim in self._dims:
             table = keras.layers.Embedding(
@@ -199,7 +214,7 @@ class InputBlock(keras.layers.Layer):
                 name=f"embedding_{dim}",
             )
             table.build((None, None))
-            self.tables[dim] = table
+            self.tables[str(dim)] = table
         if self.numeric:
             mean, variance = [], []
             for spec in self.numeric:
@@ -223,6 +238,20 @@ class InputBlock(keras.layers.Layer):
                 for i, spec in enumerate(self.numeric)
                 if spec.missing_indicator
             ]
+            if self.learned_fill:
+                # Start from the fixed fill, in normalised units.
+                fill = np.asarray(self._fill, "float64")
+                fill = np.where(
+                    self._log1p, np.sign(fill) * np.log1p(np.abs(fill)), fill
+                )
+                scale = np.maximum(np.sqrt(variance), keras.config.epsilon())
+                self.missing_value = MissingValueLayer(
+                    indicator=False,
+                    dtype=self.dtype_policy,
+                    name="missing_value",
+                )
+                self.missing_value.build((None, len(self.numeric)))
+                self.missing_value.fill.assign((fill - mean) / scale)
         self.built = True
 
     # -- forward -----------------------------------------------------------
@@ -254,6 +283,9 @@ class InputBlock(keras.layers.Layer):
             logged = ops.sign(x) * ops.log1p(ops.abs(x))
             x = ops.where(ops.convert_to_tensor(self._log1p, "bool"), logged, x)
         parts = [self.normalization(x)]
+        if self.learned_fill:
+            nan = ops.convert_to_tensor(float("nan"), parts[0].dtype)
+            parts[0] = self.missing_value(ops.where(missing, nan, parts[0]))
         if self._indicator_columns:
             parts.append(
                 ops.cast(
@@ -289,7 +321,7 @@ class InputBlock(keras.layers.Layer):
                 ids.append(local + self.offsets[group])
                 widths.append(local.shape[1])
             # One gather for every feature of this width.
-            emb = self.tables[dim](ops.concatenate(ids, axis=1))
+            emb = self.tables[str(dim)](ops.concatenate(ids, axis=1))
             start = 0
             for spec, width, mask in zip(specs, widths, masks):
                 part = emb[:, start : start + width, :]
@@ -342,6 +374,7 @@ class InputBlock(keras.layers.Layer):
                 "embeddings_regularizer": keras.regularizers.serialize(
                     self.embeddings_regularizer
                 ),
+                "learned_fill": self.learned_fill,
             }
         )
         return config

@@ -5,6 +5,14 @@ a dict of outputs keyed by task name. `compile_model` sets each task's masked
 loss, weight and metrics; `build(architecture, ...)` picks a builder by name.
 """
 
+from keras_mtl.models.seeds import cross_stitch
+from keras_mtl.models.seeds import dupn
+from keras_mtl.models.seeds import esm2
+from keras_mtl.models.seeds import esm2_tasks
+from keras_mtl.models.seeds import pairwise_ranker
+from keras_mtl.models.seeds import soft_sharing
+from keras_mtl.models.seeds import youtube_ranker
+from keras_mtl.models.seeds import youtube_serving_model
 from keras_mtl.models.zoo import BUILDERS
 from keras_mtl.models.zoo import ESMM_OUTPUTS
 from keras_mtl.models.zoo import aitm
@@ -38,7 +46,31 @@ __all__ = [
     "ple",
     "shared_bottom",
     "shared_embedding_towers",
+    "split_model",
     "task_head",
     "tasks_for",
     "tower",
+]
+from keras_mtl.models.split import split_model
+
+# The seed builders that take `(features, tasks)` and train on the usual
+# per-task (x, y, sample_weight) data; `pairwise_ranker` trains on lists.
+BUILDERS.update(
+    {
+        "esm2": esm2,
+        "dupn": dupn,
+        "youtube_ranker": youtube_ranker,
+        "cross_stitch": cross_stitch,
+        "soft_sharing": soft_sharing,
+    }
+)
+__all__ += [
+    "cross_stitch",
+    "dupn",
+    "esm2",
+    "esm2_tasks",
+    "pairwise_ranker",
+    "soft_sharing",
+    "youtube_ranker",
+    "youtube_serving_model",
 ]
