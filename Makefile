@@ -18,8 +18,9 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m keras_mtl demo
 
+# Two workers: CI machines have 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Layers, losses and metrics again under the torch backend.
 test-backends: $(STAMP)

@@ -20,7 +20,10 @@ setup(
         f"tensorflow{TF_RANGE}",
         "keras-tuner>=1.4.7",
         # Pairwise ranking losses (keras_mtl.ranking).
-        "keras-rs==0.4.0",
+        "keras-rs>=0.4.0,<0.5",
+        # KerasTuner imports it in every trial; TensorBoard logging of task
+        # weights and gate diagnostics (keras_mtl.training).
+        f"tensorboard{TF_RANGE}",
         "pandas>=2",
         f"tensorflow-serving-api{TF_RANGE}",
         # Parquet shards (keras_mtl.data.from_parquet) and YAML run configs.
@@ -32,6 +35,7 @@ setup(
     extras_require={
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "ruff>=0.6",
             "scikit-learn>=1.4",
             "hypothesis>=6",

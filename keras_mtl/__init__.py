@@ -2,11 +2,15 @@
 
 from keras_mtl import data
 from keras_mtl import datasets
+from keras_mtl import export
 from keras_mtl import features
 from keras_mtl import layers
 from keras_mtl import losses
 from keras_mtl import metrics
 from keras_mtl import models
+from keras_mtl import ranking
+from keras_mtl import training
+from keras_mtl import tuning
 from keras_mtl.features import infer_features
 from keras_mtl.task import Task
 
@@ -16,11 +20,15 @@ __all__ = [
     "Task",
     "data",
     "datasets",
+    "export",
     "features",
     "infer_features",
     "layers",
     "losses",
     "metrics",
     "models",
+    "ranking",
+    "training",
+    "tuning",
     "__version__",
 ]

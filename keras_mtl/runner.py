@@ -53,6 +53,9 @@ DEFAULTS = {
         "test_fraction": 0.1,
         "seed": 0,
         "early_stopping_patience": None,
+        # Loss weighting: a keras_mtl.training strategy name, or a mapping
+        # {name: gradnorm, alpha: 1.5}.
+        "weighting": "fixed",
     },
     "output_dir": "runs/latest",
 }
@@ -149,6 +152,10 @@ def resolve_config(config=None):
             "`training.learning_rate` must be a positive number. "
             f"Received: learning_rate={lr!r}"
         )
+    from keras_mtl.training import weighting as weighting_lib
+
+    # Unknown strategies and strategy arguments fail here too.
+    weighting_lib.get(training["weighting"])
     model = resolved["model"]
     if not isinstance(model, dict) or "architecture" not in model:
         raise ValueError(
@@ -371,8 +378,14 @@ def train(config=None, verbose=1):
     features = _resolve_features(config, source, tasks)
     tasks = models_lib.tasks_for(architecture, tasks)
     model = models_lib.build(architecture, features, tasks, **model_kwargs)
-    models_lib.compile_model(
-        model, tasks, learning_rate=training["learning_rate"]
+    from keras_mtl import training as training_lib
+
+    # `fit_model` trains with the weighting strategy; `model` is served.
+    fit_model = training_lib.compile(
+        model,
+        tasks,
+        weighting=training["weighting"],
+        learning_rate=training["learning_rate"],
     )
     bs, seed = training["batch_size"], training["seed"]
     train_ds = source.dataset("train", features, tasks, bs, True, seed)
@@ -386,7 +399,7 @@ def train(config=None, verbose=1):
                 restore_best_weights=True,
             )
         )
-    history = model.fit(
+    history = fit_model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=training["epochs"],
@@ -415,7 +428,8 @@ def train(config=None, verbose=1):
         )
     out = pathlib.Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.keras")
+    # The serving model, plus the strategy state for warm starts.
+    training_lib.save_model(fit_model, out / "model.keras")
     features_lib.save_features(features, out / "features.json")
     _write_json(out / "tasks.json", [t.get_config() for t in tasks])
     _write_json(out / "config.json", config)

@@ -1,0 +1,71 @@
+"""Training strategies for multi-task models.
+
+- Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
+  in a `MultiTaskModel` with one of `FixedWeighting` (default),
+  `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
+  `PCGradWeighting`; per-task learning-rate multipliers; task weights
+  logged every epoch (`TaskWeightLogger`).
+- `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
+  weighted mean of per-task validation metrics.
+- Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
+  `GateDiagnostics`.
+- Incremental daily training: `save_model`, `warm_start`, `category_ids`.
+"""
+
+from keras_mtl.training.callbacks import MultiTaskEarlyStopping
+from keras_mtl.training.callbacks import TaskWeightLogger
+from keras_mtl.training.callbacks import write_scalars
+from keras_mtl.training.gates import GateDiagnostics
+from keras_mtl.training.gates import GateProbe
+from keras_mtl.training.gates import gate_diagnostics
+from keras_mtl.training.gates import log_gate_diagnostics
+from keras_mtl.training.graph import last_shared_layer
+from keras_mtl.training.graph import layer_tasks
+from keras_mtl.training.incremental import category_ids
+from keras_mtl.training.incremental import model_features
+from keras_mtl.training.incremental import save_model
+from keras_mtl.training.incremental import warm_start
+from keras_mtl.training.multitask_model import MultiTaskModel
+from keras_mtl.training.multitask_model import compile
+from keras_mtl.training.weighting import STRATEGIES
+from keras_mtl.training.weighting import DWAWeighting
+from keras_mtl.training.weighting import FixedWeighting
+from keras_mtl.training.weighting import GradNormWeighting
+from keras_mtl.training.weighting import PCGradWeighting
+from keras_mtl.training.weighting import UncertaintyWeighting
+from keras_mtl.training.weighting import WeightingStrategy
+from keras_mtl.training.weighting import dwa_weights
+from keras_mtl.training.weighting import get as get_weighting
+from keras_mtl.training.weighting import gradnorm_gradient
+from keras_mtl.training.weighting import pcgrad_project
+from keras_mtl.training.weighting import uncertainty_loss
+
+__all__ = [
+    "STRATEGIES",
+    "DWAWeighting",
+    "FixedWeighting",
+    "GateDiagnostics",
+    "GateProbe",
+    "GradNormWeighting",
+    "MultiTaskEarlyStopping",
+    "MultiTaskModel",
+    "PCGradWeighting",
+    "TaskWeightLogger",
+    "UncertaintyWeighting",
+    "WeightingStrategy",
+    "category_ids",
+    "compile",
+    "dwa_weights",
+    "gate_diagnostics",
+    "get_weighting",
+    "gradnorm_gradient",
+    "last_shared_layer",
+    "layer_tasks",
+    "log_gate_diagnostics",
+    "model_features",
+    "pcgrad_project",
+    "save_model",
+    "uncertainty_loss",
+    "warm_start",
+    "write_scalars",
+]

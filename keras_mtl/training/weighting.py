@@ -1,0 +1,859 @@
+"""Loss-weighting strategies for multi-task training.
+
+A strategy turns the per-task losses `L_k` (each the masked mean over the
+task's sample space, exactly as `keras_mtl.models.compile_model` defines
+it) into the objective the optimizer descends:
+
+- `FixedWeighting`: `sum_k w_k L_k` with the compile-time weights (the
+  default, and what `compile_model` alone does).
+- `UncertaintyWeighting`: a learned log-variance `s_k` per task (Kendall et
+  al., 2018).
+- `GradNormWeighting`: weights learned so that the tasks' gradient norms on
+  the last shared layer follow their relative training rates (Chen et al.,
+  2018).
+- `DWAWeighting`: dynamic weight average, weights from the ratio of the
+  last two epochs' losses (Liu et al., 2019).
+- `PCGradWeighting`: fixed weights, but per-task gradients on shared
+  variables are projected so they no longer conflict (Yu et al., 2020).
+
+Strategies are layers so that their variables are tracked by the training
+model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
+The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project` and
+`gradnorm_gradient` implement the published formulas with `keras.ops` and
+run on every backend; GradNorm and PCGrad additionally need per-task
+gradients, which `MultiTaskModel` computes on the TensorFlow backend.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
+# Gradient-based strategies need one backward pass per task.
+TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad")
+_EPSILON = 1e-12
+
+
+def _check_positive(name, value, allow_zero=False):
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        kind = "a finite number >= 0" if allow_zero else "a positive number"
+        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------
+# The published formulas, as pure functions.
+# ---------------------------------------------------------------------------
+
+
+def uncertainty_loss(task_losses, log_vars, regression):
+    """Kendall et al.'s homoscedastic-uncertainty objective, term by term.
+
+    With `s_k = log(sigma_k^2)` learned per task:
+
+    - regression (Gaussian likelihood): `0.5 * exp(-s_k) * L_k + 0.5 * s_k`;
+    - classification (binary or softmax likelihood with a temperature):
+      `exp(-s_k) * L_k + 0.5 * s_k`.
+
+    The effective weight of task `k` is `0.5 * exp(-s_k)` (regression) or
+    `exp(-s_k)` (classification); at the optimum of `s_k` it is
+    `1 / (2 L_k)`, so a noisier task (larger irreducible loss) gets a
+    smaller weight.
+
+    Args:
+        task_losses: tensor `(num_tasks,)` of per-task losses.
+        log_vars: tensor `(num_tasks,)` of log-variances `s_k`.
+        regression: list of bool, one per task: use the regression form.
+
+    Returns:
+        A tuple `(terms, weights)` of tensors `(num_tasks,)`: the per-task
+        terms to sum, and the effective weights `c_k * exp(-s_k)`.
+
+    References:
+        Kendall, Gal and Cipolla, "Multi-Task Learning Using Uncertainty to
+        Weigh Losses for Scene Geometry and Semantics", CVPR 2018.
+        https://arxiv.org/abs/1705.07115
+    """
+    task_losses = ops.convert_to_tensor(task_losses, "float32")
+    log_vars = ops.cast(ops.convert_to_tensor(log_vars), "float32")
+    scale = ops.convert_to_tensor(
+        [0.5 if r else 1.0 for r in regression], "float32"
+    )
+    weights = scale * ops.exp(-log_vars)
+    return weights * task_losses + 0.5 * log_vars, weights
+
+
+def dwa_weights(loss_history, temperature=2.0):
+    """Dynamic Weight Average: the task weights of the next epoch.
+
+    `lambda_k(t) = K exp(r_k / T) / sum_i exp(r_i / T)` with
+    `r_k = L_k(t-1) / L_k(t-2)`, the ratio of the task's average training
+    loss over the last two epochs, and `K` tasks. Until two epochs have been
+    seen every weight is 1.
+
+    Args:
+        loss_history: array `(num_epochs, num_tasks)` of per-epoch average
+            training losses, oldest first (may have 0 rows).
+        temperature: float. `T`; larger values give more even weights.
+            Defaults to `2.0` (the paper's value).
+
+    Returns:
+        A numpy array `(num_tasks,)` of weights summing to `num_tasks`.
+
+    Example:
+
+    >>> keras_mtl.training.dwa_weights([[1.0, 1.0], [0.5, 1.0]])
+    array([0.755..., 1.244...])
+
+    References:
+        Liu, Johns and Davison, "End-to-End Multi-Task Learning with
+        Attention", CVPR 2019 (section 3.3). https://arxiv.org/abs/1803.10704
+    """
+    temperature = _check_positive("temperature", temperature)
+    history = np.asarray(loss_history, dtype="float64")
+    if history.ndim != 2:
+        raise ValueError(
+            "`loss_history` must be 2-D (epochs, tasks). Received shape "
+            f"{history.shape}"
+        )
+    num_tasks = history.shape[1]
+    if history.shape[0] < 2:
+        return np.ones(num_tasks)
+    ratio = history[-1] / np.maximum(history[-2], _EPSILON)
+    logits = ratio / temperature
+    logits = logits - logits.max()
+    return num_tasks * np.exp(logits) / np.exp(logits).sum()
+
+
+def pcgrad_project(grads, orders=None):
+    """PCGrad gradient surgery on a stack of per-task gradients.
+
+    For every task `i`, its gradient is projected in turn onto the normal
+    plane of each other task's gradient `g_j` it conflicts with (negative
+    dot product): `g_i <- g_i - (g_i . g_j / |g_j|^2) g_j`. Gradients that
+    do not conflict are left unchanged. The projected gradients are
+    returned; their sum is the update direction.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        orders: optional int tensor `(num_tasks, num_tasks)`. Row `i` is the
+            order in which task `i` visits the other tasks (entries equal to
+            `i` are skipped). Defaults to `0, 1, ..., num_tasks - 1` for every
+            task; the paper draws a random order per step.
+
+    Returns:
+        A tensor `(num_tasks, dim)` of projected gradients.
+
+    Example:
+
+    >>> keras_mtl.training.pcgrad_project([[1.0, 0.0], [-1.0, 1.0]])
+    [[0.5, 0.5], [-0.5, 0.5]]
+
+    References:
+        Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
+        https://arxiv.org/abs/2001.06782
+    """
+    grads = ops.convert_to_tensor(grads)
+    if len(grads.shape) != 2 or grads.shape[0] is None:
+        raise ValueError(
+            "`grads` must be a 2-D tensor (num_tasks, dim) with a known "
+            f"number of tasks. Received shape {grads.shape}"
+        )
+    num_tasks = grads.shape[0]
+    squared = ops.sum(grads * grads, axis=1)
+    projected = []
+    for i in range(num_tasks):
+        g = grads[i]
+        for p in range(num_tasks):
+            if orders is None:
+                if p == i:
+                    continue
+                j = p
+                other = grads[j]
+                sq = squared[j]
+                not_self = 1.0
+            else:
+                j = orders[i][p]
+                other = ops.take(grads, j, axis=0)
+                sq = ops.take(squared, j, axis=0)
+                not_self = ops.cast(ops.not_equal(j, i), grads.dtype)
+            dot = ops.sum(g * other)
+            coef = ops.where(
+                dot < 0, dot / ops.maximum(sq, _EPSILON), ops.zeros_like(dot)
+            )
+            g = g - (coef * not_self) * other
+        projected.append(g)
+    return ops.stack(projected)
+
+
+def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
+    """The gradient of GradNorm's `L_grad` with respect to the task weights.
+
+    With `g_k = |grad_W L_k|` the unweighted gradient norm of task `k` on
+    the shared weights `W`, `G_k = w_k g_k`, `G = mean_k G_k`, the inverse
+    training rate `r_k = (L_k / L_k(0)) / mean_i (L_i / L_i(0))` and the
+    target `G r_k^alpha` (held constant, as in the paper),
+    `L_grad = sum_k |G_k - G r_k^alpha|` and
+    `d L_grad / d w_k = sign(G_k - G r_k^alpha) g_k`.
+
+    Args:
+        weights: tensor `(num_tasks,)` of current weights.
+        grad_norms: tensor `(num_tasks,)` of unweighted gradient norms
+            `g_k`.
+        loss_ratios: tensor `(num_tasks,)` of `L_k / L_k(0)`.
+        alpha: float. Restoring-force strength; 0 equalises the gradient
+            norms, larger values favour the slower tasks more.
+
+    Returns:
+        A tuple `(gradient, weighted_norms, targets)` of tensors
+        `(num_tasks,)`: `d L_grad / d w`, `G_k` and the targets
+        `G r_k^alpha`.
+
+    Example:
+
+    >>> grad, norms, targets = keras_mtl.training.gradnorm_gradient(
+    ...     [1.0, 1.0], [2.0, 1.0], [1.0, 1.0], alpha=1.5)
+    >>> grad  # [2.0, -1.0]: shrink the first weight, grow the second
+
+    References:
+        Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss
+        Balancing in Deep Multitask Networks", ICML 2018.
+        https://arxiv.org/abs/1711.02257
+    """
+    weights = ops.cast(ops.convert_to_tensor(weights), "float32")
+    grad_norms = ops.cast(ops.convert_to_tensor(grad_norms), "float32")
+    loss_ratios = ops.cast(ops.convert_to_tensor(loss_ratios), "float32")
+    weighted = weights * grad_norms
+    mean_norm = ops.mean(weighted)
+    rates = loss_ratios / ops.maximum(ops.mean(loss_ratios), _EPSILON)
+    targets = mean_norm * ops.power(rates, alpha)
+    return ops.sign(weighted - targets) * grad_norms, weighted, targets
+
+
+# ---------------------------------------------------------------------------
+# Strategies.
+# ---------------------------------------------------------------------------
+
+
+class WeightingStrategy(keras.layers.Layer):
+    """Base class: combines per-task losses into the training objective.
+
+    A strategy is attached to a `keras_mtl.training.MultiTaskModel`, which
+    calls `setup` once with the tasks, then `set_base_weights` at compile
+    time with each task's fixed weight (`task.weight`, or `loss_weights`
+    given to compile). Tasks with base weight 0 (e.g. ESMM's `cvr`) are
+    monitored only: every strategy keeps their weight at 0.
+
+    Subclasses implement `current_weights()` (current effective weights, a
+    tensor `(num_tasks,)`) and, when the objective is not simply
+    `sum_k weights_k L_k`, `combine`. Strategies whose update needs
+    per-task gradients set `needs_task_gradients = True` and implement
+    `task_gradients` (TensorFlow backend).
+
+    Args:
+        **kwargs: standard `keras.layers.Layer` arguments.
+    """
+
+    strategy_name = None
+    needs_task_gradients = False
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("name", f"{self.strategy_name or 'custom'}_weighting")
+        super().__init__(**kwargs)
+        self.task_names = None
+        self.task_kinds = None
+        self.base_weights = None
+
+    # -- setup -------------------------------------------------------------
+
+    def setup(self, tasks):
+        """Creates the strategy's state for `tasks` (list of `Task`)."""
+        self.task_names = [t.name for t in tasks]
+        self.task_kinds = [t.kind for t in tasks]
+        self.base_weights = [t.weight for t in tasks]
+        self.create_state(len(tasks))
+        self.built = True
+
+    def create_state(self, num_tasks):
+        """Creates the strategy's variables (none by default)."""
+
+    def set_base_weights(self, base_weights):
+        """Sets the fixed weights (a list, one per task) at compile time."""
+        if len(base_weights) != len(self.task_names):
+            raise ValueError(
+                f"Expected {len(self.task_names)} base weights, one per "
+                f"task. Received: {base_weights!r}"
+            )
+        self.base_weights = [float(w) for w in base_weights]
+
+    @property
+    def num_tasks(self):
+        return len(self.task_names)
+
+    @property
+    def active(self):
+        """1.0 for tasks with a positive base weight, else 0.0 (list)."""
+        return [1.0 if w > 0 else 0.0 for w in self.base_weights]
+
+    # -- the objective -----------------------------------------------------
+
+    def current_weights(self):
+        """Current effective weight of every task, a tensor `(num_tasks,)`."""
+        return ops.convert_to_tensor(self.base_weights, "float32")
+
+    def combine(self, task_losses, training=False):
+        """Total loss from a tensor `(num_tasks,)` of per-task losses."""
+        return ops.sum(self.current_weights() * task_losses)
+
+    def task_gradients(self, context):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # -- epochs and state --------------------------------------------------
+
+    def on_epoch_end(self, epoch):
+        """Called by `TaskWeightLogger` after each training epoch."""
+
+    def extra_logs(self):
+        """Extra per-epoch values to log, a dict of floats."""
+        return {}
+
+    def get_state(self):
+        """Variable values by name, JSON-friendly (for warm starts)."""
+        return {v.name: np.asarray(v).tolist() for v in self.variables}
+
+    def set_state(self, state):
+        """Restores `get_state()` values (variables missing there are kept)."""
+        for v in self.variables:
+            if v.name in state:
+                v.assign(np.asarray(state[v.name], dtype=v.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("trainable", "dtype"):
+            config.pop(key, None)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class FixedWeighting(WeightingStrategy):
+    """Fixed task weights: `sum_k w_k L_k`, as `compile_model` alone does.
+
+    The weights are each task's `weight` (or compile's `loss_weights`).
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="fixed")
+    """
+
+    strategy_name = "fixed"
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class UncertaintyWeighting(WeightingStrategy):
+    """Homoscedastic-uncertainty weighting with a learned log-variance a task.
+
+    Task `k` contributes `b_k (exp(-s_k) L_k + s_k / 2)` for binary and
+    multiclass tasks and `b_k (exp(-s_k) L_k / 2 + s_k / 2)` for regression
+    tasks, where `s_k = log(sigma_k^2)` is trainable and `b_k` the task's
+    fixed weight (0 leaves the task out). The log-variances are trained by
+    the model's optimizer together with the network, and never enter the
+    serving model. See `uncertainty_loss`.
+
+    Args:
+        initial_log_var: float. Initial `s_k` for every task. Defaults to
+            `0.0`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting="uncertainty")
+
+    References:
+        Kendall, Gal and Cipolla, "Multi-Task Learning Using Uncertainty to
+        Weigh Losses for Scene Geometry and Semantics", CVPR 2018.
+        https://arxiv.org/abs/1705.07115
+    """
+
+    strategy_name = "uncertainty"
+
+    def __init__(self, initial_log_var=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(initial_log_var, bool) or not isinstance(
+            initial_log_var, (int, float)
+        ):
+            raise ValueError(
+                "`initial_log_var` must be a number. "
+                f"Received: initial_log_var={initial_log_var!r}"
+            )
+        self.initial_log_var = float(initial_log_var)
+
+    def create_state(self, num_tasks):
+        self.log_vars = self.add_weight(
+            name="log_vars",
+            shape=(num_tasks,),
+            initializer=keras.initializers.Constant(self.initial_log_var),
+            trainable=True,
+        )
+
+    def _regression(self):
+        return [k == "regression" for k in self.task_kinds]
+
+    def current_weights(self):
+        _, weights = uncertainty_loss(
+            ops.zeros((self.num_tasks,)), self.log_vars, self._regression()
+        )
+        return weights * ops.convert_to_tensor(self.base_weights, "float32")
+
+    def combine(self, task_losses, training=False):
+        terms, _ = uncertainty_loss(
+            task_losses, self.log_vars, self._regression()
+        )
+        base = ops.convert_to_tensor(self.base_weights, "float32")
+        return ops.sum(base * terms)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initial_log_var": self.initial_log_var})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class DWAWeighting(WeightingStrategy):
+    """Dynamic Weight Average: weights from the last two epochs' losses.
+
+    During an epoch the weights are constant; at its end the average
+    training loss of each task is recorded and the next epoch's weights are
+    `b_k lambda_k` with `lambda = dwa_weights(history, temperature)` over
+    the tasks with a positive fixed weight `b_k` (so the first two epochs
+    use the fixed weights). The epoch hook is run by `TaskWeightLogger`,
+    which `MultiTaskModel.fit` adds by itself.
+
+    Args:
+        temperature: float. `T` of the softmax. Defaults to `2.0`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting={"name": "dwa", "temperature": 2.0})
+
+    References:
+        Liu, Johns and Davison, "End-to-End Multi-Task Learning with
+        Attention", CVPR 2019. https://arxiv.org/abs/1803.10704
+    """
+
+    strategy_name = "dwa"
+
+    def __init__(self, temperature=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = _check_positive("temperature", temperature)
+
+    def create_state(self, num_tasks):
+        zeros = keras.initializers.Zeros()
+        self.lambdas = self.add_weight(
+            name="lambdas",
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+        )
+        self.loss_sum = self.add_weight(
+            name="loss_sum",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+        self.loss_count = self.add_weight(
+            name="loss_count", shape=(), initializer=zeros, trainable=False
+        )
+        # Average loss of the last two epochs (row 0 the older one) and how
+        # many epochs have been recorded (capped at 2).
+        self.loss_history = self.add_weight(
+            name="loss_history",
+            shape=(2, num_tasks),
+            initializer=zeros,
+            trainable=False,
+        )
+        self.epochs_seen = self.add_weight(
+            name="epochs_seen", shape=(), initializer=zeros, trainable=False
+        )
+
+    def current_weights(self):
+        base = ops.convert_to_tensor(self.base_weights, "float32")
+        return base * self.lambdas
+
+    def combine(self, task_losses, training=False):
+        if training:
+            self.loss_sum.assign_add(ops.stop_gradient(task_losses))
+            self.loss_count.assign_add(1.0)
+        return ops.sum(self.current_weights() * task_losses)
+
+    def on_epoch_end(self, epoch):
+        count = float(np.asarray(self.loss_count))
+        if count == 0:
+            return
+        mean = np.asarray(self.loss_sum) / count
+        history = np.asarray(self.loss_history)
+        seen = int(np.asarray(self.epochs_seen))
+        history = (
+            np.stack([history[1], mean]) if seen else np.stack([mean, mean])
+        )
+        seen = min(seen + 1, 2)
+        self.loss_history.assign(history)
+        self.epochs_seen.assign(float(seen))
+        active = np.asarray(self.active) > 0
+        lambdas = np.ones(self.num_tasks)
+        if active.any():
+            lambdas[active] = dwa_weights(
+                history[2 - seen :, active], self.temperature
+            )
+        self.lambdas.assign(lambdas.astype("float32"))
+        self.loss_sum.assign(np.zeros(self.num_tasks, "float32"))
+        self.loss_count.assign(0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"temperature": self.temperature})
+        return config
+
+
+def _dense(grad, variable):
+    """A dense gradient, zeros where the task does not reach `variable`."""
+    if grad is None:
+        return ops.zeros(variable.shape, "float32")
+    return ops.cast(grad, "float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class GradNormWeighting(WeightingStrategy):
+    """GradNorm: learned weights that balance the tasks' gradient norms.
+
+    The weights start at the fixed weights `b_k`. At every step, the
+    unweighted gradient norm `g_k` of each task on the *last shared layer*
+    (the deepest layer every weighted task depends on, e.g. the `MMoELayer`
+    of an MMoE model; `MultiTaskModel(shared_layer=...)` overrides it) is
+    measured; the network steps with the current weights, then the weights
+    take one step down the gradient of `L_grad = sum_k |w_k g_k -
+    G r_k^alpha|` (`gradnorm_gradient`), i.e. towards gradient norms in
+    proportion to each task's relative inverse training rate. The step is
+    Adam-normalised (the raw gradient `g_k` grows as `1 / w_k` near the
+    target and makes plain gradient steps overshoot), the weights are kept
+    above `1e-3 * sum_k b_k` and renormalised to sum to `sum_k b_k`, as in
+    the paper. Needs the TensorFlow backend (one extra backward pass per
+    task, on the shared layer only).
+
+    Args:
+        alpha: float. Restoring-force strength; larger values pull slower
+            tasks harder. Defaults to `1.5`.
+        learning_rate: float. Adam step size of the weights: about the
+            largest change of a weight per step. Defaults to `0.025`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting={"name": "gradnorm", "alpha": 1.5})
+
+    References:
+        Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss
+        Balancing in Deep Multitask Networks", ICML 2018.
+        https://arxiv.org/abs/1711.02257
+    """
+
+    strategy_name = "gradnorm"
+    needs_task_gradients = True
+
+    def __init__(self, alpha=1.5, learning_rate=0.025, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
+        self.learning_rate = _check_positive("learning_rate", learning_rate)
+
+    def create_state(self, num_tasks):
+        zeros = keras.initializers.Zeros()
+        self.task_weights = self.add_weight(
+            name="task_weights",
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+        )
+        self.initial_losses = self.add_weight(
+            name="initial_losses",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+        self.steps = self.add_weight(
+            name="steps", shape=(), initializer=zeros, trainable=False
+        )
+        self.grad_norms = self.add_weight(
+            name="grad_norms",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+        self.targets = self.add_weight(
+            name="targets",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+        # Adam moments of the weights' gradient.
+        self.moment_1 = self.add_weight(
+            name="moment_1",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+        self.moment_2 = self.add_weight(
+            name="moment_2",
+            shape=(num_tasks,),
+            initializer=zeros,
+            trainable=False,
+        )
+
+    def current_weights(self):
+        base = ops.convert_to_tensor(self.base_weights, "float32")
+        # Before the first step the weights are the fixed weights.
+        return ops.where(self.steps > 0, self.task_weights, base)
+
+    def task_gradients(self, context):
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        weights = self.current_weights()
+        # The network's step uses the current weights.
+        grads = context.gradient(context.scaled_total)
+        # Unweighted gradient norms of each active task on the shared layer.
+        norms = []
+        for i in active:
+            shared = context.gradient(
+                context.scaled_losses[i], context.norm_variables, dense=True
+            )
+            squares = [
+                ops.sum(ops.square(_dense(g, v)))
+                for g, v in zip(shared, context.norm_variables)
+            ]
+            norms.append(ops.sqrt(ops.sum(ops.stack(squares))))
+        norms = ops.stack(norms) / context.loss_scale
+        losses = ops.take(ops.stop_gradient(context.task_losses), active)
+        first = self.steps <= 0
+        initial = ops.take(self.initial_losses, active)
+        initial = ops.where(
+            ops.logical_or(first, initial <= 0), losses, initial
+        )
+        ratios = losses / ops.maximum(initial, _EPSILON)
+        current = ops.take(weights, active)
+        grad, weighted, targets = gradnorm_gradient(
+            current, norms, ratios, self.alpha
+        )
+        index = ops.convert_to_tensor([[i] for i in active], "int32")
+        shape = (self.num_tasks,)
+        # Adam step on the active weights.
+        beta_1, beta_2 = 0.9, 0.999
+        t = self.steps + 1.0
+        m = beta_1 * ops.take(self.moment_1, active) + (1 - beta_1) * grad
+        v = beta_2 * ops.take(self.moment_2, active) + (1 - beta_2) * (
+            grad * grad
+        )
+        m_hat = m / (1.0 - ops.power(beta_1, t))
+        v_hat = v / (1.0 - ops.power(beta_2, t))
+        total = sum(self.base_weights[i] for i in active)
+        new = current - self.learning_rate * m_hat / (ops.sqrt(v_hat) + 1e-8)
+        new = ops.maximum(new, 1e-3 * total)
+        new = new * (total / ops.sum(new))
+        self.task_weights.assign(ops.scatter(index, new, shape))
+        self.moment_1.assign(ops.scatter(index, m, shape))
+        self.moment_2.assign(ops.scatter(index, v, shape))
+        self.initial_losses.assign(ops.scatter(index, initial, shape))
+        self.grad_norms.assign(ops.scatter(index, weighted, shape))
+        self.targets.assign(ops.scatter(index, targets, shape))
+        self.steps.assign_add(1.0)
+        return grads
+
+    def extra_logs(self):
+        norms = np.asarray(self.grad_norms)
+        targets = np.asarray(self.targets)
+        logs = {}
+        for k, name in enumerate(self.task_names):
+            if self.active[k]:
+                logs[f"{name}_grad_norm"] = float(norms[k])
+                logs[f"{name}_grad_norm_target"] = float(targets[k])
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"alpha": self.alpha, "learning_rate": self.learning_rate}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class PCGradWeighting(WeightingStrategy):
+    """PCGrad: fixed weights, with conflicting task gradients projected.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables (those of layers that two or more tasks depend on: embeddings,
+    experts, gates) every task gradient is projected with
+    `pcgrad_project`, visiting the other tasks in a random order drawn each
+    step; the projected gradients are summed. Task-specific variables
+    (towers, heads) receive their own task's gradient unchanged, and
+    auxiliary losses (KL bounds, regularisers) are added unprojected.
+    Needs the TensorFlow backend (one backward pass per task).
+
+    Args:
+        seed: int or None. Seed of the random task orders. Defaults to
+            `None`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="pcgrad")
+
+    References:
+        Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
+        https://arxiv.org/abs/2001.06782
+    """
+
+    strategy_name = "pcgrad"
+    needs_task_gradients = True
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int)
+        ):
+            raise ValueError(
+                f"`seed` must be an integer or None. Received: seed={seed!r}"
+            )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def task_gradients(self, context):
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        variables = context.variables
+        shared = context.shared
+        weights = self.current_weights()
+        per_task = []
+        for i in active:
+            grads = context.gradient(context.scaled_losses[i], dense=True)
+            per_task.append(
+                [None if g is None else g * weights[i] for g in grads]
+            )
+        extra = (
+            context.gradient(context.scaled_extra, dense=True)
+            if context.scaled_extra is not None
+            else [None] * len(variables)
+        )
+        shared_index = [k for k, is_shared in enumerate(shared) if is_shared]
+        out = []
+        for k in range(len(variables)):
+            if shared[k]:
+                out.append(None)  # filled below
+                continue
+            parts = [g[k] for g in per_task if g[k] is not None]
+            if extra[k] is not None:
+                parts.append(extra[k])
+            out.append(sum(parts[1:], parts[0]) if parts else None)
+        if shared_index and len(active) > 1:
+            flat = ops.stack(
+                [
+                    ops.concatenate(
+                        [
+                            ops.reshape(_dense(g[k], variables[k]), (-1,))
+                            for k in shared_index
+                        ]
+                    )
+                    for g in per_task
+                ]
+            )
+            num = len(active)
+            orders = ops.stack(
+                [
+                    keras.random.shuffle(
+                        ops.arange(num, dtype="int32"),
+                        seed=self.seed_generator,
+                    )
+                    for _ in range(num)
+                ]
+            )
+            summed = ops.sum(pcgrad_project(flat, orders), axis=0)
+            start = 0
+            for k in shared_index:
+                size = int(np.prod(variables[k].shape))
+                g = ops.reshape(
+                    summed[start : start + size], variables[k].shape
+                )
+                start += size
+                if extra[k] is not None:
+                    g = g + _dense(extra[k], variables[k])
+                out[k] = g
+        else:
+            for k in shared_index:
+                parts = [g[k] for g in per_task if g[k] is not None]
+                if extra[k] is not None:
+                    parts.append(extra[k])
+                out[k] = sum(parts[1:], parts[0]) if parts else None
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seed": self.seed})
+        return config
+
+
+_CLASSES = {
+    "fixed": FixedWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "gradnorm": GradNormWeighting,
+    "dwa": DWAWeighting,
+    "pcgrad": PCGradWeighting,
+}
+
+
+def get(identifier):
+    """Returns a fresh `WeightingStrategy` from a name, a mapping or itself.
+
+    Args:
+        identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
+            `"dwa"`, `"pcgrad"`; a mapping `{"name": ..., **arguments}`
+            (e.g. `{"name": "gradnorm", "alpha": 0.5}`); a
+            `WeightingStrategy` instance (returned as is); or `None`
+            (fixed).
+
+    Returns:
+        A `WeightingStrategy`.
+    """
+    if identifier is None:
+        return FixedWeighting()
+    if isinstance(identifier, WeightingStrategy):
+        return identifier
+    if isinstance(identifier, str):
+        name, kwargs = identifier, {}
+    elif isinstance(identifier, dict):
+        kwargs = dict(identifier)
+        name = kwargs.pop("name", None)
+    else:
+        raise ValueError(
+            "`weighting` must be a strategy name, a mapping with a `name`, "
+            "or a `keras_mtl.training.WeightingStrategy`. Received: "
+            f"weighting={identifier!r}"
+        )
+    if name not in _CLASSES:
+        raise ValueError(
+            f"Unknown `weighting` strategy. Received: {name!r}; known: "
+            f"{list(STRATEGIES)}"
+        )
+    try:
+        return _CLASSES[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"Invalid arguments for weighting strategy '{name}': {err}. "
+            f"Received: {kwargs!r}"
+        ) from None

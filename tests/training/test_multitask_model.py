@@ -1,0 +1,341 @@
+"""MultiTaskModel: masked losses, strategies in training, logging, saving."""
+
+import glob
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mtl import Task
+from keras_mtl import models
+from keras_mtl import training
+
+
+def _fit(wrapper, arrays, epochs=1, batch_size=100, **kwargs):
+    x, y, sw = arrays
+    return wrapper.fit(
+        x,
+        y,
+        sample_weight=sw,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        **kwargs,
+    )
+
+
+def _compile(model, tasks, **kwargs):
+    """`training.compile` without the (slow) per-task metrics."""
+    kwargs.setdefault("metrics", {t.name: [] for t in tasks})
+    return training.compile(model, tasks, **kwargs)
+
+
+def test_fixed_weighting_trains_exactly_like_compile_model(make_problem):
+    specs, tasks, arrays = make_problem(
+        300, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.3, 0.3], ["binary", "regression"]
+    )
+    # A masked task: half of t1's rows are outside its space.
+    arrays[2]["t1"][::2] = 0.0
+    tasks[1] = Task("t1", "regression", weight=0.5)
+    keras.utils.set_random_seed(1)
+    plain = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapped = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapped.set_weights(plain.get_weights())
+    models.compile_model(
+        plain, tasks, optimizer="sgd", learning_rate=0.1, run_eagerly=True
+    )
+    wrapper = training.compile(
+        wrapped, tasks, optimizer="sgd", learning_rate=0.1, run_eagerly=True
+    )
+    x, y, sw = arrays
+    kwargs = dict(sample_weight=sw, batch_size=100, verbose=0)
+    expected = plain.evaluate(x, y, return_dict=True, **kwargs)
+    got = wrapper.evaluate(x, y, return_dict=True, **kwargs)
+    for key in ("loss", "t0_loss", "t1_loss", "t0_auc", "t1_rmse"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+    plain.fit(x, y, sample_weight=sw, batch_size=100, shuffle=False, verbose=0)
+    history = _fit(wrapper, arrays)
+    for a, b in zip(wrapped.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert history.history["t0_weight"] == [1.0]
+    assert history.history["t1_weight"] == [0.5]
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary"])
+def test_uncertainty_gives_the_noisier_task_the_smaller_weight(
+    make_problem, kind
+):
+    # Same signal, but task 1's labels carry far more noise.
+    noise = [0.05, 3.0]
+    specs, tasks, arrays = make_problem(
+        800, [[1, -1, 0.5, 0], [1, -1, 0.5, 0]], noise, [kind, kind]
+    )
+    model = models.shared_bottom(
+        specs, tasks, bottom_units=[16], tower_units=[]
+    )
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting="uncertainty",
+        learning_rate=0.05,
+        run_eagerly=True,
+    )
+    history = _fit(wrapper, arrays, epochs=6)
+    clean, noisy = history.history["t0_weight"], history.history["t1_weight"]
+    # Both start at the same weight (s = 0: 1 for binary, 0.5 for
+    # regression); the clean task's rises, the noisy task's ends below it.
+    start = 0.5 if kind == "regression" else 1.0
+    assert noisy[-1] < start < clean[-1]
+    assert noisy[-1] < 0.5 * clean[-1]
+    assert history.history["t1_loss"][-1] > history.history["t0_loss"][-1]
+    log_vars = wrapper.weighting.log_vars.numpy()
+    assert log_vars[1] > log_vars[0]
+    # The log-variances are training state only, never in the serving model.
+    assert not any("log_vars" in v.path for v in model.weights)
+
+
+@pytest.mark.parametrize(
+    "alpha, eager", [(0.0, False), (1.5, False)], ids=["alpha0", "alpha1.5"]
+)
+def test_gradnorm_moves_the_gradient_norm_ratio_toward_its_target(
+    make_problem, alpha, eager
+):
+    # Task 1's labels are 10x larger: its gradients are ~10x larger.
+    specs, tasks, arrays = make_problem(
+        300,
+        [[1, 0.5, 0, 0], [0, 0, 1, 0.5]],
+        [0.1, 1.0],
+        ["regression", "regression"],
+        scale=[1.0, 10.0],
+    )
+    model = models.shared_bottom(
+        specs, tasks, bottom_units=[16], tower_units=[8]
+    )
+    # The network is frozen (learning rate 0), so the unweighted norms and
+    # losses stay put and only GradNorm's weights move.
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "gradnorm", "alpha": alpha, "learning_rate": 0.05},
+        optimizer="sgd",
+        learning_rate=0.0,
+        run_eagerly=eager,
+    )
+    strategy = wrapper.weighting
+    x, y, sw = arrays
+    losses = wrapper.evaluate(
+        x, y, sample_weight=sw, batch_size=300, verbose=0, return_dict=True
+    )
+    # Pretend task 0 has already halved its loss: task 1 is the slower
+    # one, so its target is 2^alpha times task 0's.
+    strategy.initial_losses.assign([2 * losses["t0_loss"], losses["t1_loss"]])
+    strategy.steps.assign(1.0)
+    log_target = alpha * np.log(2.0)
+    gaps = []
+
+    def record(batch, logs):
+        norms = strategy.grad_norms.numpy()
+        targets = strategy.targets.numpy()
+        np.testing.assert_allclose(
+            np.log(targets[1] / targets[0]), log_target, atol=1e-4
+        )
+        gaps.append(abs(np.log(norms[1] / norms[0]) - log_target))
+
+    # 40 full-batch steps in one epoch.
+    tiled = tuple({k: np.tile(v, 40) for k, v in d.items()} for d in arrays)
+    history = _fit(
+        wrapper,
+        tiled,
+        batch_size=300,
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=record)],
+    )
+    assert len(gaps) == 40
+    assert gaps[0] > 1.0  # far from the target at first
+    assert max(gaps[-5:]) < 0.15 * gaps[0]
+    weights = history.history
+    assert weights["t1_weight"][-1] < weights["t0_weight"][-1]
+    np.testing.assert_allclose(
+        weights["t0_weight"][-1] + weights["t1_weight"][-1], 2.0, rtol=1e-5
+    )
+    assert "t1_grad_norm" in weights and "t1_grad_norm_target" in weights
+    # GradNorm measured on the last layer both tasks share.
+    assert training.last_shared_layer(model, ["t0", "t1"]).name == "bottom"
+
+
+def test_pcgrad_step_applies_projected_gradients_on_shared_variables(
+    make_problem,
+):
+    specs, tasks, arrays = make_problem(
+        200,
+        [[1, 1, 0, 0], [1, 1, 0, 0]],
+        [0.0, 0.0],
+        ["regression", "regression"],
+    )
+    x, y, sw = arrays
+    y["t1"] = -y["t0"]  # the tasks pull the shared layer apart
+    model = models.shared_bottom(specs, tasks, bottom_units=[4], tower_units=[])
+    # Identical heads: with opposite labels the shared gradients conflict.
+    model.get_layer("t1").set_weights(model.get_layer("t0").get_weights())
+    start = [w.numpy().copy() for w in model.trainable_weights]
+    # Per-task gradients, computed by hand.
+    inputs = {k: tf.constant(v) for k, v in x.items()}
+    per_task = []
+    for task in tasks:
+        with tf.GradientTape() as tape:
+            pred = model(inputs, training=True)[task.name]
+            loss = keras.losses.MeanSquaredError(
+                reduction="mean_with_sample_weight"
+            )(y[task.name], pred, sw[task.name])
+        grads = tape.gradient(loss, model.trainable_weights)
+        per_task.append(
+            [
+                np.zeros(w.shape) if g is None else g.numpy()
+                for g, w in zip(grads, model.trainable_weights)
+            ]
+        )
+    shared = ["bottom" in w.path for w in model.trainable_weights]
+    flat = [
+        np.concatenate([g.ravel() for g, s in zip(grads, shared) if s])
+        for grads in per_task
+    ]
+    assert flat[0] @ flat[1] < 0  # they do conflict
+    g0 = flat[0] - (flat[0] @ flat[1]) / (flat[1] @ flat[1]) * flat[1]
+    g1 = flat[1] - (flat[0] @ flat[1]) / (flat[0] @ flat[0]) * flat[0]
+    projected = g0 + g1
+    expected, offset = [], 0
+    for k, (w, s) in enumerate(zip(start, shared)):
+        if s:
+            g = projected[offset : offset + w.size].reshape(w.shape)
+            offset += w.size
+        else:
+            g = per_task[0][k] + per_task[1][k]
+        expected.append(w - 0.1 * g)
+    wrapper = _compile(
+        model, tasks, weighting="pcgrad", optimizer="sgd", learning_rate=0.1
+    )
+    _fit(wrapper, arrays, batch_size=200)
+    for got, want in zip(model.trainable_weights, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+    # Not the plain sum of the gradients.
+    plain = start[0] - 0.1 * (per_task[0][0] + per_task[1][0])
+    assert not np.allclose(model.trainable_weights[0].numpy(), plain)
+
+
+def test_lr_multipliers_scale_updates_of_task_owned_variables_only(
+    make_problem,
+):
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    base = models.shared_bottom(specs, tasks, bottom_units=[8], tower_units=[4])
+    start = base.get_weights()
+    deltas = {}
+    for name, multipliers in (("plain", None), ("scaled", {"t0": 3.0})):
+        model = models.shared_bottom(
+            specs, tasks, bottom_units=[8], tower_units=[4]
+        )
+        model.set_weights(start)
+        wrapper = _compile(
+            model, tasks, lr_multipliers=multipliers, learning_rate=0.01
+        )
+        _fit(wrapper, arrays, batch_size=200)
+        deltas[name] = {
+            v.path: v.numpy() - s for v, s in zip(model.weights, start)
+        }
+    for path, plain in deltas["plain"].items():
+        scaled = deltas["scaled"][path]
+        if path.startswith(("tower_t0", "t0/")):
+            np.testing.assert_allclose(
+                scaled, 3.0 * plain, rtol=1e-4, atol=1e-7
+            )
+            assert np.abs(plain).max() > 0
+        else:  # shared bottom, t1's tower and head
+            np.testing.assert_allclose(scaled, plain, rtol=1e-5, atol=1e-8)
+
+
+def test_lr_multipliers_refuse_a_task_that_owns_no_variable(make_problem):
+    specs, tasks, _ = make_problem(
+        50, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    tasks = models.tasks_for(
+        "esmm", [Task("click"), Task("conversion", space="click")]
+    )
+    model = models.esmm(specs, tasks, tower_units=[4])
+    with pytest.raises(ValueError, match="Task 'ctr' owns no variable"):
+        training.MultiTaskModel(model, tasks, lr_multipliers={"ctr": 2.0})
+    with pytest.raises(ValueError, match="unknown task"):
+        training.MultiTaskModel(model, tasks, lr_multipliers={"nope": 2.0})
+
+
+def _tags(directory):
+    tags = set()
+    for path in glob.glob(str(directory / "events*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_task_weights_reach_history_and_tensorboard(make_problem, tmp_path):
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    model = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapper = _compile(model, tasks, weighting="dwa", run_eagerly=True)
+    logger = training.TaskWeightLogger(log_dir=str(tmp_path))
+    history = _fit(wrapper, arrays, epochs=3, callbacks=[logger])
+    assert history.history["t0_weight"][:2] == [1.0, 1.0]
+    assert history.history["t0_weight"][2] != 1.0  # DWA's first update
+    assert {"epoch_t0_weight", "epoch_t1_weight"} <= _tags(tmp_path / "train")
+
+
+def test_task_weights_reach_the_keras_tensorboard_callback(
+    make_problem, tmp_path
+):
+    pytest.importorskip(
+        "tensorboard",
+        reason="keras.callbacks.TensorBoard needs the tensorboard package, "
+        "which is not installed",
+    )
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    model = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapper = training.compile(model, tasks, weighting="uncertainty")
+    board = keras.callbacks.TensorBoard(str(tmp_path), write_graph=False)
+    _fit(wrapper, arrays, epochs=2, callbacks=[board])
+    assert {"epoch_t0_weight", "epoch_t0_loss"} <= _tags(tmp_path / "train")
+
+
+def test_save_writes_a_plain_model_and_the_strategy_state(
+    make_problem, tmp_path
+):
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    model = models.mmoe(
+        specs, tasks, num_experts=2, expert_units=[4], tower_units=[4]
+    )
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting="uncertainty",
+        learning_rate=0.05,
+        run_eagerly=True,
+    )
+    _fit(wrapper, arrays)
+    wrapper.save(tmp_path / "model.keras")
+    assert (tmp_path / "model.weighting.json").is_file()
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(loaded, keras.Model)
+    assert not isinstance(loaded, training.MultiTaskModel)
+    x = {k: v[:16] for k, v in arrays[0].items()}
+    for name, value in loaded.predict(x, verbose=0).items():
+        np.testing.assert_allclose(
+            value, wrapper.predict(x, verbose=0)[name], rtol=1e-6
+        )
+    # The wrapper's config round-trips (without weights).
+    clone = training.MultiTaskModel.from_config(wrapper.get_config())
+    assert isinstance(clone.weighting, training.UncertaintyWeighting)
+    assert [t.name for t in clone.tasks] == ["t0", "t1"]

@@ -1,0 +1,67 @@
+"""The runner's `training.weighting` field."""
+
+import json
+
+import pytest
+
+from keras_mtl import runner
+from keras_mtl import training
+
+
+@pytest.mark.parametrize(
+    "weighting",
+    ["fixed", "uncertainty", "pcgrad", {"name": "gradnorm", "alpha": 0.5}],
+    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping"],
+)
+def test_resolve_config_accepts_strategies(weighting):
+    config = runner.resolve_config({"training": {"weighting": weighting}})
+    assert config["training"]["weighting"] == weighting
+    assert runner.resolve_config()["training"]["weighting"] == "fixed"
+
+
+@pytest.mark.parametrize(
+    "weighting, message",
+    [
+        ("magic", "Unknown `weighting` strategy"),
+        ({"name": "dwa", "temperature": -1}, "`temperature` must be"),
+        ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
+        (3, "must be a strategy name"),
+    ],
+    ids=["unknown", "bad_argument", "no_name", "not_a_name"],
+)
+def test_resolve_config_refuses_bad_strategies(weighting, message):
+    with pytest.raises(ValueError, match=message):
+        runner.resolve_config({"training": {"weighting": weighting}})
+
+
+@pytest.mark.slow
+def test_train_logs_weights_and_saves_the_strategy_state(tmp_path):
+    config = {
+        "dataset": {"name": "funnel", "n": 1000, "seed": 0},
+        "model": {
+            "architecture": "mmoe",
+            "num_experts": 2,
+            "expert_units": [8],
+            "tower_units": [4],
+        },
+        "training": {
+            "epochs": 2,
+            "batch_size": 256,
+            "weighting": {"name": "uncertainty", "initial_log_var": 0.5},
+        },
+        "output_dir": str(tmp_path / "run"),
+    }
+    model, report, out = runner.train(config, verbose=0)
+    assert not isinstance(model, training.MultiTaskModel)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]["click_weight"]) == 2
+    assert len(metrics["history"]["val_click_loss"]) == 2
+    state = json.loads((out / "model.weighting.json").read_text())
+    assert state["weighting"]["name"] == "uncertainty"
+    assert state["weighting"]["initial_log_var"] == 0.5
+    # The saved run still loads with the runner, and warm-starts.
+    loaded, _, tasks, _ = runner.load_run(out)
+    warm = training.warm_start(out / "model.keras", tasks)
+    assert isinstance(warm.weighting, training.UncertaintyWeighting)
+    assert report.loc["click", "n"] > 0
+    assert loaded.output_names == model.output_names

@@ -1,0 +1,239 @@
+"""The published formulas: PCGrad, DWA, uncertainty, GradNorm (pure ops)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_mtl import Task
+from keras_mtl import training
+from keras_mtl.training import weighting
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x), dtype="float64")
+
+
+def _pcgrad_reference(grads, orders):
+    grads = np.asarray(grads, dtype="float64")
+    out = []
+    for i, g in enumerate(grads):
+        g = g.copy()
+        for j in orders[i]:
+            if j == i:
+                continue
+            dot = g @ grads[j]
+            if dot < 0:
+                g = g - dot / (grads[j] @ grads[j]) * grads[j]
+        out.append(g)
+    return np.stack(out)
+
+
+@pytest.mark.backend
+def test_pcgrad_removes_exactly_the_conflicting_component():
+    g1 = np.array([1.0, 0.0, 2.0])
+    g2 = np.array([-1.0, 1.0, 0.0])
+    assert g1 @ g2 < 0  # they conflict
+    out = _np(training.pcgrad_project(np.stack([g1, g2]).astype("float32")))
+    # g1 minus its component along g2, and the other way round.
+    np.testing.assert_allclose(out[0], g1 - (g1 @ g2) / (g2 @ g2) * g2, 1e-6)
+    np.testing.assert_allclose(out[1], g2 - (g1 @ g2) / (g1 @ g1) * g1, 1e-6)
+    np.testing.assert_allclose(out[0], [0.5, 0.5, 2.0], atol=1e-6)
+    # What is left no longer conflicts: it is orthogonal to the other task.
+    assert abs(out[0] @ g2) < 1e-6 and abs(out[1] @ g1) < 1e-6
+
+
+@pytest.mark.backend
+def test_pcgrad_leaves_non_conflicting_gradients_unchanged():
+    grads = np.array([[1.0, 0.0, 2.0], [1.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    out = _np(training.pcgrad_project(grads.astype("float32")))
+    np.testing.assert_array_equal(out, grads)
+
+
+@pytest.mark.backend
+def test_pcgrad_follows_each_tasks_order_like_the_reference():
+    grads = np.array(
+        [[1.0, -2.0, 0.5], [-1.0, 1.0, 1.0], [0.5, 1.0, -2.0]], "float32"
+    )
+    orders = np.array([[2, 1, 0], [0, 2, 1], [1, 2, 0]], "int32")
+    out = _np(training.pcgrad_project(grads, orders))
+    np.testing.assert_allclose(out, _pcgrad_reference(grads, orders), 1e-5)
+    # The order matters when three tasks conflict.
+    other = _np(training.pcgrad_project(grads))
+    assert not np.allclose(out, other)
+
+
+@pytest.mark.backend
+def test_dwa_weights_follow_the_published_formula():
+    history = np.array([[1.0, 2.0, 0.5], [0.8, 1.9, 0.45], [0.6, 1.9, 0.5]])
+    # Liu et al. 2019, eq. 7: lambda_k = K exp(w_k / T) / sum_i exp(w_i / T)
+    # with w_k = L_k(t-1) / L_k(t-2).
+    r = history[-1] / history[-2]
+    expected = 3 * np.exp(r / 2.0) / np.exp(r / 2.0).sum()
+    np.testing.assert_allclose(training.dwa_weights(history), expected)
+    np.testing.assert_allclose(
+        training.dwa_weights(history, temperature=0.5),
+        3 * np.exp(r / 0.5) / np.exp(r / 0.5).sum(),
+    )
+    # The first two epochs use weight 1.
+    np.testing.assert_array_equal(training.dwa_weights(history[:1]), [1, 1, 1])
+    np.testing.assert_array_equal(
+        training.dwa_weights(np.zeros((0, 3))), [1, 1, 1]
+    )
+    # The task whose loss fell least gets the largest weight.
+    assert np.argmax(training.dwa_weights(history)) == 2
+
+
+@pytest.mark.backend
+def test_dwa_strategy_applies_the_formula_to_epoch_average_losses():
+    tasks = [Task("a"), Task("b"), Task("idle", weight=0.0), Task("c")]
+    strategy = training.DWAWeighting(temperature=2.0)
+    strategy.setup(tasks)
+    strategy.set_base_weights([1.0, 2.0, 0.0, 1.0])
+    batches = [  # two batches per epoch, four epochs
+        [[1.0, 2.0, 5.0, 0.5], [1.2, 2.2, 5.0, 0.7]],
+        [[0.8, 2.0, 5.0, 0.5], [0.6, 1.8, 5.0, 0.5]],
+        [[0.5, 1.9, 5.0, 0.5], [0.5, 1.7, 5.0, 0.4]],
+        [[0.4, 1.8, 5.0, 0.5], [0.4, 1.8, 5.0, 0.5]],
+    ]
+    averages = []
+    for epoch, epoch_batches in enumerate(batches):
+        used = _np(strategy.current_weights())
+        if epoch < 2:
+            np.testing.assert_allclose(used, [1.0, 2.0, 0.0, 1.0])
+        else:
+            # The weights of this epoch come from the previous two.
+            prev = np.array(averages[-2:])[:, [0, 1, 3]]
+            lam = training.dwa_weights(prev, 2.0)
+            np.testing.assert_allclose(
+                used, [lam[0], 2.0 * lam[1], 0.0, lam[2]], rtol=1e-6
+            )
+        for losses in epoch_batches:
+            total = strategy.combine(
+                ops.convert_to_tensor(losses, "float32"), training=True
+            )
+            np.testing.assert_allclose(_np(total), used @ losses, rtol=1e-6)
+        # Validation losses do not count.
+        strategy.combine(ops.ones((4,)), training=False)
+        averages.append(np.mean(epoch_batches, axis=0))
+        strategy.on_epoch_end(epoch)
+
+
+@pytest.mark.backend
+def test_uncertainty_loss_has_kendalls_classification_and_regression_forms():
+    losses = np.array([0.7, 2.0, 0.3], "float32")
+    log_vars = np.array([0.5, -1.0, 1.5], "float32")
+    regression = [False, True, False]
+    terms, weights = training.uncertainty_loss(losses, log_vars, regression)
+    np.testing.assert_allclose(
+        _np(terms),
+        [
+            np.exp(-0.5) * 0.7 + 0.25,  # classification: e^-s L + s/2
+            0.5 * np.exp(1.0) * 2.0 - 0.5,  # regression: e^-s L / 2 + s/2
+            np.exp(-1.5) * 0.3 + 0.75,
+        ],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        _np(weights), [np.exp(-0.5), 0.5 * np.exp(1.0), np.exp(-1.5)], 1e-6
+    )
+
+
+@pytest.mark.backend
+def test_uncertainty_log_variance_optimum_gives_the_noisier_task_less_weight():
+    # d/ds [e^-s L + s/2] = 0 at s = log(2L): weight e^-s = 1 / (2L).
+    strategy = training.UncertaintyWeighting()
+    strategy.setup([Task("clean"), Task("noisy"), Task("r", "regression")])
+    losses = np.array([0.1, 0.6, 4.0], "float32")
+    strategy.log_vars.assign(np.log([0.2, 1.2, 4.0]).astype("float32"))
+    weights = _np(strategy.current_weights())
+    np.testing.assert_allclose(weights, [5.0, 1 / 1.2, 0.125], rtol=1e-5)
+    # Stationary point: d/ds (w(s) L + s / 2) = -w L + 1/2 = 0.
+    np.testing.assert_allclose(weights * losses, 0.5, rtol=1e-5)
+    assert weights[0] > weights[1]
+
+
+@pytest.mark.backend
+def test_gradnorm_gradient_is_the_derivative_of_l_grad():
+    weights = np.array([1.0, 0.5, 2.0], "float32")
+    norms = np.array([2.0, 1.0, 0.3], "float32")
+    ratios = np.array([1.0, 1.5, 0.5], "float32")
+    grad, weighted, targets = training.gradnorm_gradient(
+        weights, norms, ratios, alpha=1.5
+    )
+    g = weights * norms  # G_k = w_k g_k
+    rates = ratios / ratios.mean()
+    expected_targets = g.mean() * rates**1.5
+    np.testing.assert_allclose(_np(weighted), g, rtol=1e-6)
+    np.testing.assert_allclose(_np(targets), expected_targets, rtol=1e-6)
+    # d/dw_k sum_i |w_i g_i - target_i| (targets held constant).
+    np.testing.assert_allclose(
+        _np(grad), np.sign(g - expected_targets) * norms, rtol=1e-6
+    )
+
+    def l_grad(w):
+        return np.abs(w * norms - expected_targets).sum()
+
+    # A small step down the gradient lowers L_grad.
+    step = weights - 0.01 * _np(grad)
+    assert l_grad(step) < l_grad(weights)
+    # A slower task (higher loss ratio) gets a larger target.
+    assert _np(targets)[1] > _np(targets)[0] > _np(targets)[2]
+
+
+@pytest.mark.backend
+def test_get_accepts_names_mappings_and_instances_and_refuses_others():
+    assert isinstance(training.get_weighting("fixed"), training.FixedWeighting)
+    assert isinstance(training.get_weighting(None), training.FixedWeighting)
+    gradnorm = training.get_weighting({"name": "gradnorm", "alpha": 0.5})
+    assert isinstance(gradnorm, training.GradNormWeighting)
+    assert gradnorm.alpha == 0.5
+    dwa = training.DWAWeighting(temperature=1.0)
+    assert training.get_weighting(dwa) is dwa
+    with pytest.raises(ValueError, match="Unknown `weighting`.*'magic'"):
+        training.get_weighting("magic")
+    with pytest.raises(ValueError, match="beta"):
+        training.get_weighting({"name": "gradnorm", "beta": 1})
+    with pytest.raises(ValueError, match="`alpha` must be"):
+        training.get_weighting({"name": "gradnorm", "alpha": -1})
+    with pytest.raises(ValueError, match="`temperature` must be"):
+        training.DWAWeighting(temperature=0)
+    with pytest.raises(ValueError, match="strategy name"):
+        training.get_weighting(3)
+    assert set(training.STRATEGIES) == {
+        "fixed",
+        "uncertainty",
+        "gradnorm",
+        "dwa",
+        "pcgrad",
+    }
+
+
+def _tiny_model():
+    inputs = {"x": keras.Input((3,), name="x")}
+    hidden = keras.layers.Dense(4, name="shared")(inputs["x"])
+    outputs = {
+        "a": keras.layers.Dense(1, name="a")(hidden),
+        "b": keras.layers.Dense(1, name="b")(hidden),
+    }
+    return keras.Model(inputs, outputs), [Task("a"), Task("b")]
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"weighting": "gradnorm"},
+        {"weighting": "pcgrad"},
+        {"lr_multipliers": {"a": 2.0}},
+    ],
+    ids=["gradnorm", "pcgrad", "lr_multipliers"],
+)
+def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
+    model, tasks = _tiny_model()
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(NotImplementedError, match="backend is 'jax'"):
+        training.MultiTaskModel(model, tasks, **kwargs)
+    # Loss-only strategies do not need the TensorFlow backend.
+    wrapper = training.MultiTaskModel(model, tasks, weighting="dwa")
+    assert isinstance(wrapper.weighting, weighting.DWAWeighting)
