@@ -38,9 +38,11 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-# Quality benchmarks against torch-rechub and DeepCTR, in a venv of their own
+# Benchmarks against torch-rechub and DeepCTR, in a venv of their own
 # (created once; the stamp says it is complete). See docs/BENCHMARKS.md.
+# `make bench SUITE=train` (throughput) or `SUITE=serve` (latency).
 BENCH_VENV := .bench-venv
+SUITE ?= quality
 
 $(BENCH_VENV)/.bench-installed: bench/requirements.txt setup.py
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -51,4 +53,4 @@ $(BENCH_VENV)/.bench-installed: bench/requirements.txt setup.py
 
 .PHONY: bench
 bench: $(BENCH_VENV)/.bench-installed
-	nice -n 10 $(BENCH_VENV)/bin/python bench/run.py --suite quality
+	nice -n 10 $(BENCH_VENV)/bin/python bench/run.py --suite $(SUITE)

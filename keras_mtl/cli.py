@@ -41,9 +41,14 @@ def _overrides(args):
             ("batch_size", args.batch_size),
             ("learning_rate", args.learning_rate),
             ("seed", args.seed),
+            ("steps_per_epoch", getattr(args, "steps_per_epoch", None)),
+            ("checkpoint_dir", getattr(args, "checkpoint_dir", None)),
+            ("checkpoint_every", getattr(args, "checkpoint_every", None)),
         )
         if value is not None
     }
+    if getattr(args, "distributed", False):
+        training["distributed"] = True
     if training:
         config["training"] = training
     if args.output_dir:
@@ -83,6 +88,31 @@ def _add_run_flags(parser):
     parser.add_argument("--output-dir", help="where the run is saved")
 
 
+def _add_distributed_flags(parser):
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train with keras_mtl.distribute on the strategy TF_CONFIG "
+        "describes (MultiWorkerMirroredStrategy for 2+ tasks, else "
+        "MirroredStrategy); same as `training: {distributed: true}`",
+    )
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="steps per epoch (required with --distributed on files)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="shared checkpoint directory of --distributed "
+        "(default: OUTPUT_DIR/checkpoints); a restarted job resumes there",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="checkpoint every N steps with --distributed (default: 100)",
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-mtl", description="Multi-task ranking models in Keras 3."
@@ -90,6 +120,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a config or flags")
     _add_run_flags(p)
+    _add_distributed_flags(p)
     p = sub.add_parser(
         "demo", help="train the default MMoE on built-in funnel data"
     )
@@ -155,7 +186,10 @@ def main(argv=None):
             _, report, out = runner.train(config)
             if report is not None:
                 print_report(report, "Per-task metrics (held-out rows):")
-            print(f"\nSaved model, specs and metrics.json to {out}/")
+            if out is None:
+                print("\nWorker done; the chief saves the run.")
+            else:
+                print(f"\nSaved model, specs and metrics.json to {out}/")
         elif args.command == "evaluate":
             override = _overrides(args)
             if args.config:

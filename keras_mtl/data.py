@@ -13,7 +13,15 @@ Every source yields the same structure, ready for `model.fit`:
 
 Sources: `from_dataframe` (in memory), and `from_csv` / `from_parquet` for
 sharded files larger than memory, which read chunk by chunk through the very
-same conversion, so they produce the same stream as the DataFrame path.
+same conversion, so they produce the same stream as the DataFrame path;
+`from_tfrecord` streams `tf.train.Example` shards (as Spark writes them;
+`to_tfrecord` writes them from a DataFrame). Every file reader takes
+`shard=` so each worker reads its own files.
+
+The fast training path (`keras_mtl.models.encoded_model`):
+`from_dataframe(..., encode_with=model)` maps the categorical features to
+embedding row ids once, and `pad_remainder=True` pads the last batch with
+zero-weight rows so an XLA-compiled step sees one batch shape.
 
 Bad input raises `ValueError` naming the column before any work starts. No
 row is ever dropped.
@@ -304,17 +312,40 @@ def _check_batching(batch_size, shuffle_buffer=None):
 
 
 def arrays_to_dataset(
-    arrays, batch_size=1024, shuffle=False, seed=0, drop_remainder=False
+    arrays,
+    batch_size=1024,
+    shuffle=False,
+    seed=0,
+    drop_remainder=False,
+    pad_remainder=False,
 ):
     """Batches in-memory arrays (any nest of dicts) into a `tf.data.Dataset`.
 
     Whole batches are gathered from in-memory tensors by index, which is far
     faster than slicing per example; `shuffle=True` draws a new permutation
     every epoch.
+
+    `pad_remainder=True` pads the last partial batch with zero rows up to
+    `batch_size`, so every batch has one static shape (XLA compiles a step
+    once per shape). Use it only on `(x, y, sample_weight)` data: the
+    padding rows get sample weight 0 for every task, so they add nothing
+    to the losses (`mean_with_sample_weight` divides by the weights) or the
+    weighted metrics.
     """
     import tensorflow as tf
 
     _check_batching(batch_size)
+    if pad_remainder and drop_remainder:
+        raise ValueError(
+            "`pad_remainder` and `drop_remainder` exclude each other. "
+            "Received: both True"
+        )
+    if pad_remainder and not (isinstance(arrays, tuple) and len(arrays) == 3):
+        raise ValueError(
+            "`pad_remainder=True` needs `(x, y, sample_weight)` arrays: the "
+            "padding rows are masked by a zero sample weight. Received: "
+            f"{type(arrays).__name__}"
+        )
     leaves = tf.nest.flatten(arrays)
     n = len(leaves[0])
     tensors = tf.nest.map_structure(tf.constant, arrays)
@@ -322,10 +353,23 @@ def arrays_to_dataset(
     if shuffle:
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size, drop_remainder=drop_remainder)
+
+    def gather(idx):
+        batch = tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors)
+        if not pad_remainder:
+            return batch
+        missing = batch_size - tf.shape(idx)[0]
+
+        def pad(t):
+            paddings = [[0, missing]] + [[0, 0]] * (len(t.shape) - 1)
+            fill = "" if t.dtype == tf.string else 0
+            out = tf.pad(t, paddings, constant_values=fill)
+            return tf.ensure_shape(out, [batch_size, *t.shape[1:]])
+
+        return tf.nest.map_structure(pad, batch)
+
     ds = indices.map(
-        lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -338,6 +382,8 @@ def from_dataframe(
     shuffle=False,
     seed=0,
     drop_remainder=False,
+    encode_with=None,
+    pad_remainder=False,
 ):
     """A `tf.data.Dataset` of `(x, y, sw)` batches from a DataFrame.
 
@@ -350,12 +396,24 @@ def from_dataframe(
         seed: int. Shuffle seed. Defaults to `0`.
         drop_remainder: bool. Drop the last partial batch (logged with its
             row count). Defaults to `False`.
+        encode_with: optional raw-input keras-mtl model. When given, the
+            categorical features are mapped to embedding row ids once, here,
+            with that model's lookups, for its
+            `keras_mtl.models.encoded_model` twin (the fast training path).
+            Defaults to `None` (raw features).
+        pad_remainder: bool. Pad the last partial batch with zero-weight
+            rows to `batch_size`, so an XLA-compiled step sees one shape
+            (see `arrays_to_dataset`). Defaults to `False`.
 
     Returns:
         A batched, prefetched `tf.data.Dataset`.
     """
     _check_batching(batch_size)
     arrays = dataframe_to_arrays(df, features, tasks)
+    if encode_with is not None:
+        from keras_mtl.models.encoded import encode_features
+
+        arrays = (encode_features(encode_with, arrays[0]), *arrays[1:])
     if drop_remainder and len(df) % batch_size:
         logger.info(
             "drop_remainder=True: %d row(s) of the last partial batch are "
@@ -363,7 +421,12 @@ def from_dataframe(
             len(df) % batch_size,
         )
     return arrays_to_dataset(
-        arrays, batch_size, shuffle, seed, drop_remainder=drop_remainder
+        arrays,
+        batch_size,
+        shuffle,
+        seed,
+        drop_remainder=drop_remainder,
+        pad_remainder=pad_remainder,
     )
 
 
@@ -626,3 +689,592 @@ def train_val_split(df, val_fraction=0.2, seed=0):
         )
     order = np.random.default_rng(seed).permutation(len(df))
     return df.iloc[order[n_val:]], df.iloc[order[:n_val]]
+
+
+# ---------------------------------------------------------------------------
+# TFRecord files of `tf.train.Example` records.
+# ---------------------------------------------------------------------------
+
+TFRECORD_COMPRESSIONS = (None, "GZIP", "ZLIB")
+_TFRECORD_SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".zz"}
+
+
+def _check_compression(compression):
+    if isinstance(compression, str):
+        compression = compression.upper() or None
+    if compression not in TFRECORD_COMPRESSIONS:
+        raise ValueError(
+            "`compression` must be None, 'GZIP' or 'ZLIB'. "
+            f"Received: compression={compression!r}"
+        )
+    return compression
+
+
+def _check_label_names(features, tasks):
+    labels = {t.label for t in tasks}
+    clash = sorted(labels & {f.name for f in features})
+    if clash:
+        raise ValueError(
+            f"Label column(s) {clash} are also feature names; a "
+            "tf.train.Example holds one value list per key."
+        )
+
+
+def _kept_lengths(series, spec):
+    """Entries of each sequence that `_sequence` keeps (the last max_len)."""
+    out = np.zeros(len(series), dtype="int64")
+    for i, value in enumerate(series.tolist()):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        if isinstance(value, str):
+            n = len(value.split(spec.separator)) if value else 0
+        else:
+            n = len(value)
+        out[i] = min(n, spec.max_len)
+    return out
+
+
+def to_tfrecord(df, path, features, tasks, num_shards=1, compression=None):
+    """Writes a DataFrame as sharded TFRecord files of `tf.train.Example`.
+
+    The rows are converted exactly as `from_dataframe` converts them (and
+    refused for the same reasons), then written one `tf.train.Example` per
+    row with one key per feature and per task label:
+
+    - numeric feature: `float_list` with one value (NaN when missing);
+    - `int64` categorical: `int64_list` with one value (-1 when missing);
+    - `string` categorical: `bytes_list` with one value (`b""` when
+      missing);
+    - sequence: the kept entries (the last `max_len`), unpadded, as an
+      `int64_list` or `bytes_list` (empty when missing);
+    - label: `float_list` with one value, NaN where it is not observed.
+
+    `from_tfrecord` reads the files back into the very batches
+    `from_dataframe` yields for `df`. Rows go to the shards in contiguous
+    blocks, so the sorted file names list them in row order. Writing is a
+    Python loop (tens of thousands of rows a second): meant for tests,
+    examples and moderate data; write large data with Spark (see
+    docs/distributed.md for the schema).
+
+    Args:
+        df: pandas DataFrame.
+        path: str. Path prefix; shard `i` of `n` is written to
+            `{path}-{i:05d}-of-{n:05d}.tfrecord` (`.tfrecord.gz` for GZIP,
+            `.zz` for ZLIB). Missing parent directories are created.
+        features: list of feature specs.
+        tasks: list of `keras_mtl.Task`.
+        num_shards: int. Number of files, at most the number of rows.
+            Defaults to `1`.
+        compression: None, `"GZIP"` or `"ZLIB"`. Defaults to `None`.
+
+    Returns:
+        The list of written file paths, in row order.
+
+    Example:
+
+    >>> paths = keras_mtl.data.to_tfrecord(
+    ...     df, "/data/train/part", features, tasks, num_shards=8)
+    >>> ds = keras_mtl.data.from_tfrecord(
+    ...     "/data/train/part-*", features, tasks, batch_size=1024)
+    """
+    import tensorflow as tf
+
+    features = features_lib.validate_features(features)
+    tasks = validate_tasks(tasks)
+    compression = _check_compression(compression)
+    _check_label_names(features, tasks)
+    if (
+        isinstance(num_shards, bool)
+        or not isinstance(num_shards, int)
+        or num_shards < 1
+    ):
+        raise ValueError(
+            "`num_shards` must be a positive integer. "
+            f"Received: num_shards={num_shards!r}"
+        )
+    x, _, _ = dataframe_to_arrays(df, features, tasks)
+    if num_shards > len(df):
+        raise ValueError(
+            f"`num_shards` must be at most the number of rows ({len(df)}). "
+            f"Received: num_shards={num_shards}"
+        )
+    labels = {}
+    for task in tasks:
+        labels[task.label] = _labels(df, task, "DataFrame")[0].astype("float32")
+    kept = {
+        spec.name: _kept_lengths(df[spec.name], spec)
+        for spec in features
+        if isinstance(spec, features_lib.SequenceFeature)
+    }
+
+    def float_feature(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    def int_feature(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    def bytes_feature(values):
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(
+                value=[v.encode("utf-8") for v in values]
+            )
+        )
+
+    def example(i):
+        out = {}
+        for spec in features:
+            values = x[spec.name][i]
+            if spec.name in kept:
+                values = values[: kept[spec.name][i]]
+            else:
+                values = [values]
+            if isinstance(spec, features_lib.NumericFeature):
+                out[spec.name] = float_feature(values)
+            elif spec.dtype == "int64":
+                out[spec.name] = int_feature(values)
+            else:
+                out[spec.name] = bytes_feature(values)
+        for label, values in labels.items():
+            out[label] = float_feature([values[i]])
+        return tf.train.Example(features=tf.train.Features(feature=out))
+
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    options = tf.io.TFRecordOptions(compression_type=compression or "")
+    paths = []
+    for i, rows in enumerate(np.array_split(np.arange(len(df)), num_shards)):
+        name = (
+            f"{os.fspath(path)}-{i:05d}-of-{num_shards:05d}"
+            f"{_TFRECORD_SUFFIX[compression]}"
+        )
+        with tf.io.TFRecordWriter(name, options) as writer:
+            for row in rows:
+                writer.write(example(row).SerializeToString())
+        paths.append(name)
+    return paths
+
+
+def _list_tfrecord_files(file_pattern):
+    """Sorted matches of the pattern(s), through `tf.io.gfile`.
+
+    Local paths, and any filesystem TensorFlow reads (e.g. `gs://`).
+    """
+    import tensorflow as tf
+
+    patterns = [file_pattern] if isinstance(file_pattern, str) else file_pattern
+    if not isinstance(patterns, (list, tuple)):
+        patterns = [patterns]  # a pathlib.Path
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(os.fspath(pattern)))
+        if not matched:
+            raise FileNotFoundError(
+                f"`file_pattern` matched no file: {os.fspath(pattern)!r}"
+            )
+        files.extend(matched)
+    return files
+
+
+def _tfrecord_read_error(path, compression, err):
+    hint = (
+        " Is the file compressed? Pass compression='GZIP' (or 'ZLIB')."
+        if compression is None
+        else " Is the file compressed the way `compression` says?"
+    )
+    return ValueError(
+        f"{path}: cannot read a TFRecord ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:200]}).{hint} "
+        f"Received: compression={compression!r}"
+    )
+
+
+def _first_example(files, compression):
+    """The first `tf.train.Example` of `files`, with the file holding it."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    for path in files:
+        ds = tf.data.TFRecordDataset(path, compression_type=compression or "")
+        try:
+            records = [r.numpy() for r in ds.take(1)]
+        except tf.errors.OpError as err:
+            raise _tfrecord_read_error(path, compression, err) from None
+        if not records:
+            continue
+        try:
+            return path, tf.train.Example.FromString(records[0])
+        except DecodeError as err:
+            raise ValueError(
+                f"{path}: the first record is not a serialized "
+                f"tf.train.Example ({err})."
+            ) from None
+    raise ValueError(f"No record in the {len(files)} TFRecord file(s).")
+
+
+def _tfrecord_kinds(example, path, features, tasks):
+    """Checks the first record's keys; returns each key's value-list kind.
+
+    Scalar features and labels must hold exactly one value; numeric
+    features and labels may be stored as floats or integers, string
+    categoricals as bytes or integers (read as their decimal strings).
+    """
+    present = example.features.feature
+    missing = [f.name for f in features if f.name not in present]
+    if missing:
+        raise ValueError(
+            f"{path}: the first record has no feature(s) {missing}. "
+            f"Keys present: {sorted(present)}"
+        )
+    labels = list(dict.fromkeys(t.label for t in tasks))
+    missing = [label for label in labels if label not in present]
+    if missing:
+        raise ValueError(
+            f"{path}: the first record has no label(s) {missing} (write NaN "
+            f"where a label is not observed). Keys present: {sorted(present)}"
+        )
+    kinds = {}
+    checks = [(spec.name, spec) for spec in features]
+    checks += [(label, None) for label in labels]
+    for name, spec in checks:
+        kind = present[name].WhichOneof("kind")
+        sequence = isinstance(spec, features_lib.SequenceFeature)
+        if spec is None or isinstance(spec, features_lib.NumericFeature):
+            allowed, what = ("float_list", "int64_list"), "numeric"
+        elif spec.dtype == "int64":
+            allowed, what = ("int64_list",), "int64 categorical"
+        else:
+            allowed, what = ("bytes_list", "int64_list"), "string categorical"
+        if spec is None:
+            what = "label"
+        if kind is None and sequence:
+            kind = allowed[0]  # an empty sequence
+        if kind not in allowed:
+            raise ValueError(
+                f"{path}: {what} '{name}' is stored as {kind}; expected "
+                f"{' or '.join(allowed)}."
+            )
+        count = len(getattr(present[name], kind).value)
+        if not sequence and count != 1:
+            raise ValueError(
+                f"{path}: {what} '{name}' holds {count} values in the first "
+                "record; it needs exactly one (a list of ids needs a "
+                "SequenceFeature)."
+            )
+        kinds[name] = kind
+    return kinds
+
+
+def _shard_files(files, shard, shard_by):
+    """Files this shard reads, and the record shard (or None)."""
+    if shard_by not in ("auto", "file", "data"):
+        raise ValueError(
+            "`shard_by` must be 'auto', 'file' or 'data'. "
+            f"Received: shard_by={shard_by!r}"
+        )
+    if shard is None:
+        return files, None
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in shard
+        )
+        or not 0 <= shard[1] < shard[0]
+    ):
+        raise ValueError(
+            "`shard` must be (num_shards, index) with 0 <= index < "
+            f"num_shards. Received: shard={shard!r}"
+        )
+    num_shards, index = shard
+    if num_shards == 1:
+        return files, None
+    if shard_by == "file" or (shard_by == "auto" and len(files) >= num_shards):
+        if len(files) < num_shards:
+            raise ValueError(
+                f"shard_by='file' needs at least as many files as shards: "
+                f"{len(files)} file(s) for {num_shards} shards. Use "
+                "shard_by='data' or write more files."
+            )
+        return files[index::num_shards], None
+    logger.info(
+        "%d TFRecord file(s) for %d shards: sharding by record (every "
+        "shard reads every file and keeps every %d-th record).",
+        len(files),
+        num_shards,
+        num_shards,
+    )
+    return files, (num_shards, index)
+
+
+def _tfrecord_parser(features, tasks, kinds):
+    """A function from a batch of serialized records to `(x, y, sw)`."""
+    import tensorflow as tf
+
+    dtypes = {
+        "float_list": tf.float32,
+        "int64_list": tf.int64,
+        "bytes_list": tf.string,
+    }
+    spec_map = {}
+    for spec in features:
+        dtype = dtypes[kinds[spec.name]]
+        if isinstance(spec, features_lib.SequenceFeature):
+            spec_map[spec.name] = tf.io.RaggedFeature(
+                dtype, row_splits_dtype=tf.int64
+            )
+        else:
+            spec_map[spec.name] = tf.io.FixedLenFeature([], dtype)
+    for task in tasks:
+        spec_map[task.label] = tf.io.FixedLenFeature(
+            [], dtypes[kinds[task.label]]
+        )
+    by_name = {t.name: t for t in tasks}
+
+    def check(bad, message):
+        return tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)), [message]
+        )
+
+    # Straight-line graph code: AutoGraph conversion would only cost time.
+    @tf.autograph.experimental.do_not_convert
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec_map)
+        checks = []
+        x = {}
+        for spec in features:
+            value = parsed[spec.name]
+            if isinstance(spec, features_lib.NumericFeature):
+                value = tf.cast(value, tf.float32)
+                checks.append(
+                    check(
+                        tf.math.is_inf(value),
+                        f"TFRecord numeric feature `{spec.name}` has "
+                        "infinite value(s); use NaN for a missing value.",
+                    )
+                )
+            else:
+                if spec.dtype == "string" and value.dtype != tf.string:
+                    value = (
+                        value.with_flat_values(
+                            tf.strings.as_string(value.flat_values)
+                        )
+                        if isinstance(value, tf.RaggedTensor)
+                        else tf.strings.as_string(value)
+                    )
+                if isinstance(spec, features_lib.SequenceFeature):
+                    value = value[:, -spec.max_len :].to_tensor(
+                        default_value=spec.missing_value,
+                        shape=[None, spec.max_len],
+                    )
+            x[spec.name] = value
+        raw = {}
+        for task in tasks:
+            value = tf.cast(parsed[task.label], tf.float32)
+            observed = tf.logical_not(tf.math.is_nan(value))
+            where = f"TFRecord label `{task.label}` of task `{task.name}`"
+            checks.append(
+                check(tf.math.is_inf(value), f"{where} has infinite values.")
+            )
+            if task.kind == "binary":
+                bad = observed & (value != 0) & (value != 1)
+                checks.append(
+                    check(bad, f"{where} has values outside {{0, 1}}.")
+                )
+            elif task.kind == "multiclass":
+                bad = observed & (
+                    (value != tf.floor(value))
+                    | (value < 0)
+                    | (value >= task.num_classes)
+                )
+                checks.append(
+                    check(
+                        bad,
+                        f"{where} has values that are not integers in "
+                        f"[0, {task.num_classes}).",
+                    )
+                )
+            raw[task.name] = (value, observed)
+        y, sw = {}, {}
+        for task in tasks:
+            value, observed = raw[task.name]
+            weight = observed
+            space = task.space
+            while space is not None:
+                weight &= raw[space][0] == 1
+                space = by_name[space].space
+            filled = tf.where(observed, value, tf.zeros_like(value))
+            y[task.name] = (
+                tf.cast(filled, tf.int64)
+                if task.kind == "multiclass"
+                else filled
+            )
+            sw[task.name] = tf.cast(weight, tf.float32)
+        with tf.control_dependencies(checks):
+            return tf.nest.map_structure(tf.identity, (x, y, sw))
+
+    return parse
+
+
+def from_tfrecord(
+    file_pattern,
+    features,
+    tasks,
+    batch_size=1024,
+    shuffle=False,
+    seed=0,
+    shard=None,
+    shard_by="auto",
+    compression=None,
+    shuffle_buffer=10_000,
+    drop_remainder=False,
+):
+    """Streams TFRecord files of `tf.train.Example` as `(x, y, sw)` batches.
+
+    Records are batched first and parsed a batch at a time with
+    `tf.io.parse_example`, all inside `tf.data`. The result equals
+    `from_dataframe` for the same rows (same dtypes, shapes, values,
+    masking; in file order then record order when `shuffle=False`): labels
+    NaN become 0 with weight 0, and a task's weight is 0 outside its space.
+    The schema is the one `to_tfrecord` writes (see docs/distributed.md for
+    Spark): every scalar feature and every label holds exactly one value in
+    every record (a missing one is an error naming the key; write NaN, -1
+    or `b""` for missing values); numeric features and labels may be
+    floats or integers, string categoricals bytes or integers; a sequence
+    is a value list of any length, of which the last `max_len` entries are
+    kept (a record without the key is an empty sequence). The first record
+    is checked eagerly, so a misspelt or mistyped key fails before
+    training with a `ValueError`; a later record without a key fails while
+    iterating with TensorFlow's `InvalidArgumentError` naming it.
+
+    Args:
+        file_pattern: str or list of str. Glob pattern(s), listed with
+            `tf.io.gfile.glob` (local paths, or any filesystem TensorFlow
+            reads); matched files are read in sorted order.
+        features: list of feature specs.
+        tasks: list of `keras_mtl.Task`.
+        batch_size: int. Defaults to `1024`.
+        shuffle: bool. Shuffle the file order (every pass), interleave 4
+            files and shuffle records in a buffer of `shuffle_buffer`.
+            Defaults to `False`.
+        seed: int. Seed of every shuffle; the stream is deterministic for
+            a given seed. Defaults to `0`.
+        shard: tuple `(num_shards, index)` or None. The part of the data
+            this reader keeps (one shard per worker).
+        shard_by: `"auto"`, `"file"` or `"data"`. `"file"`: keep every
+            `num_shards`-th file starting at `index` (needs at least as
+            many files as shards); `"data"`: read every file and keep
+            every `num_shards`-th record; `"auto"`: by file when there are
+            enough files, else by record. Defaults to `"auto"`.
+        compression: None, `"GZIP"` or `"ZLIB"`. Defaults to `None`.
+        shuffle_buffer: int. Records in the shuffle buffer. Defaults to
+            `10_000`.
+        drop_remainder: bool. Defaults to `False`.
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+
+    Example:
+
+    >>> ds = keras_mtl.data.from_tfrecord(
+    ...     "/data/train/part-*.tfrecord.gz", features, tasks,
+    ...     batch_size=1024, shuffle=True, compression="GZIP")
+    >>> model.fit(ds, epochs=3)
+    """
+    import tensorflow as tf
+
+    features = features_lib.validate_features(features)
+    tasks = validate_tasks(tasks)
+    _check_batching(batch_size, shuffle_buffer)
+    compression = _check_compression(compression)
+    _check_label_names(features, tasks)
+    files = _list_tfrecord_files(file_pattern)
+    files, record_shard = _shard_files(files, shard, shard_by)
+    path, example = _first_example(files, compression)
+    kinds = _tfrecord_kinds(example, path, features, tasks)
+    parse = _tfrecord_parser(features, tasks, kinds)
+
+    compression_type = compression or ""
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        file_ds = file_ds.shuffle(
+            len(files), seed=seed, reshuffle_each_iteration=True
+        )
+        ds = file_ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type),
+            cycle_length=min(4, len(files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        # File order, then record order: the same stream as the DataFrame.
+        ds = tf.data.TFRecordDataset(file_ds, compression_type)
+    if record_shard is not None:
+        ds = ds.shard(*record_shard)
+    if shuffle:
+        ds = ds.shuffle(
+            shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+        )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def tfrecord_to_dataframe(file_pattern, max_rows=None, compression=None):
+    """Decodes `tf.train.Example` records into a pandas DataFrame.
+
+    For inspection and for inferring feature specs
+    (`keras_mtl.features.infer_features`). One column per key: a key that
+    holds exactly one value in every record read becomes a scalar column
+    (bytes decoded as UTF-8); any other key becomes a column of lists, and
+    a record without a key holds None there.
+
+    Args:
+        file_pattern: str or list of str. Glob pattern(s), read in sorted
+            order.
+        max_rows: int or None. Records to read at most. Defaults to all.
+        compression: None, `"GZIP"` or `"ZLIB"`. Defaults to `None`.
+
+    Returns:
+        A pandas DataFrame.
+    """
+    import tensorflow as tf
+
+    compression = _check_compression(compression)
+    if max_rows is not None and (
+        isinstance(max_rows, bool)
+        or not isinstance(max_rows, int)
+        or max_rows < 1
+    ):
+        raise ValueError(
+            "`max_rows` must be a positive integer or None. "
+            f"Received: max_rows={max_rows!r}"
+        )
+    files = _list_tfrecord_files(file_pattern)
+    ds = tf.data.TFRecordDataset(files, compression or "")
+    if max_rows is not None:
+        ds = ds.take(max_rows)
+    rows = []
+    try:
+        for batch in ds.batch(1024).as_numpy_iterator():
+            for record in batch:
+                feature = tf.train.Example.FromString(record).features.feature
+                row = {}
+                for key, value in feature.items():
+                    kind = value.WhichOneof("kind")
+                    values = list(getattr(value, kind).value) if kind else []
+                    if kind == "bytes_list":
+                        values = [v.decode("utf-8") for v in values]
+                    row[key] = values
+                rows.append(row)
+    except tf.errors.OpError as err:
+        raise _tfrecord_read_error(files[0], compression, err) from None
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        if all(v is not None and len(v) == 1 for v in values):
+            columns[key] = [v[0] for v in values]
+        else:
+            columns[key] = values
+    return pd.DataFrame(columns)

@@ -18,9 +18,13 @@ Two paths:
   replicas, which is not the global masked mean when the replicas hold
   different numbers of in-space rows; use `train` where that matters.
 
-See docs/distributed.md for the cluster set-up (`TF_CONFIG`).
+`make_strategy` builds the strategy of a process from `TF_CONFIG`
+(validated by `parse_tf_config`), and `python -m keras_mtl train
+--distributed` runs `train` on a configured zoo model (see
+`keras_mtl.runner`). See docs/distributed.md for the cluster set-up.
 """
 
+import json
 import logging
 import os
 
@@ -115,7 +119,12 @@ def global_masked_losses(tasks, y, y_pred, sample_weight, sum_losses=None):
     return global_losses, local_parts
 
 
-def _is_chief(strategy):
+def is_chief(strategy):
+    """Whether this process is the chief of `strategy`'s cluster.
+
+    The `chief` task, else worker 0 of a cluster without a chief; always
+    True for a single-process strategy (no cluster).
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
@@ -126,8 +135,160 @@ def _is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+_TF_CONFIG_KEYS = ("cluster", "task", "environment", "rpc_layer")
+_TASK_TYPES = ("chief", "worker")
+
+
+def _tf_config_error(what, received):
+    return ValueError(f"Malformed `TF_CONFIG`: {what}. Received: {received}")
+
+
+def _check_address(role, address):
+    host, sep, port = (
+        address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    )
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise _tf_config_error(
+            f"every address of `cluster.{role}` must be a 'host:port' string",
+            f"cluster.{role} address {address!r}",
+        )
+
+
+def parse_tf_config(value=None):
+    """Validates a `TF_CONFIG` for `MultiWorkerMirroredStrategy`.
+
+    Checks what TensorFlow would otherwise report late or not at all: JSON,
+    a `cluster` of `chief` (at most one) and `worker` task types, each a
+    non-empty list of distinct `host:port` addresses, and a `task` whose
+    `type` is in the cluster and whose `index` is in range.
+
+    Args:
+        value: str or None. The JSON text. Defaults to the `TF_CONFIG`
+            environment variable.
+
+    Returns:
+        None when `TF_CONFIG` is unset or empty, else a dict with
+        `cluster`, `task_type`, `task_id` and `num_workers` (every task
+        of the cluster, the chief included).
+
+    Example:
+
+    >>> keras_mtl.distribute.parse_tf_config(
+    ...     '{"cluster": {"worker": ["h0:2222", "h1:2222"]},'
+    ...     ' "task": {"type": "worker", "index": 1}}')["num_workers"]
+    2
+    """
+    if value is None:
+        value = os.environ.get("TF_CONFIG")
+    if value is None or not str(value).strip():
+        return None
+    try:
+        config = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise _tf_config_error(f"not valid JSON ({err})", repr(value)) from None
+    if not isinstance(config, dict):
+        raise _tf_config_error("the top level must be a mapping", repr(value))
+    unknown = sorted(set(config) - set(_TF_CONFIG_KEYS))
+    if unknown:
+        raise _tf_config_error(
+            f"unknown key(s) {unknown}; known: {list(_TF_CONFIG_KEYS)}",
+            repr(value),
+        )
+    cluster = config.get("cluster")
+    if not isinstance(cluster, dict) or not cluster:
+        raise _tf_config_error(
+            "`cluster` must be a non-empty mapping from task type to a list "
+            "of 'host:port' addresses",
+            f"cluster={cluster!r}",
+        )
+    unknown = sorted(set(cluster) - set(_TASK_TYPES))
+    if unknown:
+        raise _tf_config_error(
+            f"`cluster` has task type(s) {unknown}; MultiWorkerMirrored"
+            "Strategy takes 'chief' (at most one) and 'worker' (parameter "
+            "servers and evaluators are not supported)",
+            f"cluster={cluster!r}",
+        )
+    addresses = []
+    for role, tasks in cluster.items():
+        if not isinstance(tasks, list) or not tasks:
+            raise _tf_config_error(
+                f"`cluster.{role}` must be a non-empty list of 'host:port' "
+                "strings",
+                f"cluster.{role}={tasks!r}",
+            )
+        for address in tasks:
+            _check_address(role, address)
+        addresses.extend(tasks)
+    if len(cluster.get("chief", [])) > 1:
+        raise _tf_config_error(
+            "`cluster.chief` holds at most one address",
+            f"cluster.chief={cluster['chief']!r}",
+        )
+    duplicates = sorted({a for a in addresses if addresses.count(a) > 1})
+    if duplicates:
+        raise _tf_config_error(
+            f"address(es) {duplicates} appear more than once in `cluster`",
+            f"cluster={cluster!r}",
+        )
+    task = config.get("task")
+    if not isinstance(task, dict):
+        raise _tf_config_error(
+            '`task` must be a mapping {"type": ..., "index": ...}',
+            f"task={task!r}",
+        )
+    task_type = task.get("type")
+    if task_type not in cluster:
+        raise _tf_config_error(
+            f"`task.type` must be a task type of `cluster` {sorted(cluster)}",
+            f"task.type={task_type!r}",
+        )
+    index = task.get("index")
+    size = len(cluster[task_type])
+    if (
+        isinstance(index, bool)
+        or not isinstance(index, int)
+        or not 0 <= index < size
+    ):
+        raise _tf_config_error(
+            f"`task.index` must be an integer in [0, {size}) (the "
+            f"{size} address(es) of `cluster.{task_type}`)",
+            f"task.index={index!r}",
+        )
+    return {
+        "cluster": cluster,
+        "task_type": task_type,
+        "task_id": index,
+        "num_workers": len(addresses),
+    }
+
+
+def make_strategy():
+    """The strategy of this process, from the `TF_CONFIG` variable.
+
+    A `TF_CONFIG` whose cluster has two or more tasks gives a
+    `tf.distribute.MultiWorkerMirroredStrategy` (one replica per worker on
+    CPU; every local GPU of each worker otherwise). No `TF_CONFIG`, or one
+    with a single task, gives a `tf.distribute.MirroredStrategy` over the
+    local devices (every visible GPU, else the CPU). `TF_CONFIG` is
+    validated first (`parse_tf_config`). Call this at the start of the
+    program, before any other TensorFlow op: `MultiWorkerMirroredStrategy`
+    configures the runtime's collective ops.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+    """
+    _check_backend()
+    import tensorflow as tf
+
+    parsed = parse_tf_config()
+    if parsed is not None and parsed["num_workers"] > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
 def _worker_dir(checkpoint_dir, strategy):
-    if _is_chief(strategy):
+    if is_chief(strategy):
         return checkpoint_dir
     resolver = strategy.cluster_resolver
     # Non-chief workers must take part in the save (it may run collective
@@ -390,3 +551,127 @@ def build_and_compile(build_fn, tasks, strategy=None, **compile_kwargs):
         model = build_fn()
         compile_model(model, tasks, **compile_kwargs)
     return model
+
+
+def _shard_of(ctx):
+    if ctx.num_input_pipelines == 1:
+        return None
+    return (ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+
+def dataframe_dataset_fn(
+    df, features, tasks, global_batch_size, shuffle=True, seed=0, repeat=True
+):
+    """A `dataset_fn` for `train` over an in-memory DataFrame.
+
+    Input pipeline `i` of `n` (one per worker) takes rows `i, i + n, ...`
+    and batches them by the per-replica batch size with
+    `drop_remainder=True`; `repeat=True` repeats the stream (reshuffled
+    every pass), so pass `steps_per_epoch` to `train`.
+
+    Args:
+        df: pandas DataFrame (the same on every worker).
+        features: list of feature specs.
+        tasks: list of `keras_mtl.Task`.
+        global_batch_size: int. Batch size summed over all replicas.
+        shuffle: bool. Defaults to `True`.
+        seed: int. Defaults to `0`.
+        repeat: bool. Defaults to `True`.
+
+    Returns:
+        A callable `(tf.distribute.InputContext) -> tf.data.Dataset`.
+    """
+    from keras_mtl import data as data_lib
+
+    def dataset_fn(ctx):
+        shard = _shard_of(ctx)
+        part = df if shard is None else df.iloc[shard[1] :: shard[0]]
+        ds = data_lib.from_dataframe(
+            part,
+            features,
+            tasks,
+            batch_size=ctx.get_per_replica_batch_size(global_batch_size),
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=True,
+        )
+        return ds.repeat() if repeat else ds
+
+    return dataset_fn
+
+
+def files_dataset_fn(
+    file_pattern,
+    features,
+    tasks,
+    global_batch_size,
+    fmt="tfrecord",
+    shuffle=True,
+    seed=0,
+    repeat=True,
+    **reader_kwargs,
+):
+    """A `dataset_fn` for `train` over sharded files, one part per worker.
+
+    Input pipeline `i` of `n` (one per worker) reads
+    `keras_mtl.data.from_tfrecord` / `from_csv` / `from_parquet` with
+    `shard=(n, i)`: every `n`-th file starting at `i`. TFRecord input falls
+    back to sharding by record when there are fewer files than workers
+    (`shard_by="auto"`); CSV and Parquet need at least as many files as
+    workers. Batches have the per-replica batch size and
+    `drop_remainder=True`; `repeat=True` repeats the stream (reshuffled
+    every pass), so pass `steps_per_epoch` to `train`: workers whose shards
+    differ in size still run the same number of steps.
+
+    Args:
+        file_pattern: str or list of str. Glob pattern(s) of the files.
+        features: list of feature specs.
+        tasks: list of `keras_mtl.Task`.
+        global_batch_size: int. Batch size summed over all replicas.
+        fmt: `"tfrecord"`, `"csv"` or `"parquet"`. Defaults to
+            `"tfrecord"`.
+        shuffle: bool. Defaults to `True`.
+        seed: int. Defaults to `0`.
+        repeat: bool. Defaults to `True`.
+        **reader_kwargs: passed to the reader (`compression=`,
+            `chunk_size=`, ...).
+
+    Returns:
+        A callable `(tf.distribute.InputContext) -> tf.data.Dataset`.
+
+    Example:
+
+    >>> dataset_fn = keras_mtl.distribute.files_dataset_fn(
+    ...     "/data/train/part-*.tfrecord.gz", features, tasks, 4096,
+    ...     compression="GZIP")
+    >>> keras_mtl.distribute.train(
+    ...     model_fn, dataset_fn, tasks, strategy, steps_per_epoch=10_000)
+    """
+    from keras_mtl import data as data_lib
+
+    readers = {
+        "tfrecord": data_lib.from_tfrecord,
+        "csv": data_lib.from_csv,
+        "parquet": data_lib.from_parquet,
+    }
+    if fmt not in readers:
+        raise ValueError(
+            f"`fmt` must be one of {sorted(readers)}. Received: fmt={fmt!r}"
+        )
+    reader = readers[fmt]
+
+    def dataset_fn(ctx):
+        ds = reader(
+            file_pattern,
+            features,
+            tasks,
+            batch_size=ctx.get_per_replica_batch_size(global_batch_size),
+            shuffle=shuffle,
+            seed=seed,
+            shard=_shard_of(ctx),
+            drop_remainder=True,
+            **reader_kwargs,
+        )
+        return ds.repeat() if repeat else ds
+
+    return dataset_fn

@@ -19,6 +19,14 @@ output_dir: runs/demo
 `train(config)` fits the model, evaluates it on held-out rows, and writes
 `model.keras`, `features.json`, `tasks.json`, `config.json` and
 `metrics.json` to `output_dir`.
+
+With `training: {distributed: true}` (`python -m keras_mtl train
+--distributed`) the same model is trained by `keras_mtl.distribute.train`
+on the strategy `keras_mtl.distribute.make_strategy` builds from
+`TF_CONFIG`, with checkpoints every `training.checkpoint_every` steps in
+`training.checkpoint_dir` (default `<output_dir>/checkpoints`) and an
+automatic resume; `training.batch_size` is then the global batch. See
+docs/distributed.md.
 """
 
 import copy
@@ -26,6 +34,8 @@ import json
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -56,6 +66,19 @@ DEFAULTS = {
         # Loss weighting: a keras_mtl.training strategy name, or a mapping
         # {name: gradnorm, alpha: 1.5}.
         "weighting": "fixed",
+        # Steps per epoch: None means one pass over the training data.
+        # Required for distributed training on files.
+        "steps_per_epoch": None,
+        # The fast path (keras_mtl.models.encoded_model): categorical
+        # lookups done in the data, the step compiled with XLA and run
+        # `steps_per_execution` steps per call. Models that embed raw
+        # features inside another layer (dupn) train on raw features.
+        "fast_path": True,
+        "steps_per_execution": 32,
+        # Multi-worker / multi-device training (keras_mtl.distribute).
+        "distributed": False,
+        "checkpoint_dir": None,  # default: <output_dir>/checkpoints
+        "checkpoint_every": None,  # default: 100 steps
     },
     "output_dir": "runs/latest",
 }
@@ -69,7 +92,11 @@ DATASET_FIELDS = {
     "aliexpress": {"path", "test_path"},
     "csv": {"path", "test_path", "sample_rows"},
     "parquet": {"path", "test_path", "sample_rows"},
+    "tfrecord": {"path", "test_path", "sample_rows", "compression"},
 }
+# Sources read from files (streamed; their row count is unknown).
+FILE_DATASETS = ("csv", "parquet", "tfrecord")
+DEFAULT_CHECKPOINT_EVERY = 100
 
 
 def load_config_file(path):
@@ -156,6 +183,27 @@ def resolve_config(config=None):
 
     # Unknown strategies and strategy arguments fail here too.
     weighting_lib.get(training["weighting"])
+    if not isinstance(training["fast_path"], bool):
+        raise ValueError(
+            "`training.fast_path` must be true or false. "
+            f"Received: fast_path={training['fast_path']!r}"
+        )
+    spe = training["steps_per_execution"]
+    if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
+        raise ValueError(
+            "`training.steps_per_execution` must be a positive integer. "
+            f"Received: steps_per_execution={spe!r}"
+        )
+    if name == "tfrecord":
+        compression = resolved["dataset"].get("compression")
+        try:
+            data_lib._check_compression(compression)
+        except ValueError:
+            raise ValueError(
+                "`dataset.compression` must be null, 'GZIP' or 'ZLIB'. "
+                f"Received: compression={compression!r}"
+            ) from None
+    _check_distributed(resolved)
     model = resolved["model"]
     if not isinstance(model, dict) or "architecture" not in model:
         raise ValueError(
@@ -177,6 +225,67 @@ def resolve_config(config=None):
     return resolved
 
 
+def _check_distributed(config):
+    """Validates the distributed-training fields of a resolved config."""
+    training = config["training"]
+    for key in ("steps_per_epoch", "checkpoint_every"):
+        value = training[key]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f"`training.{key}` must be a positive integer or null. "
+                f"Received: {key}={value!r}"
+            )
+    distributed = training["distributed"]
+    if not isinstance(distributed, bool):
+        raise ValueError(
+            "`training.distributed` must be true or false. "
+            f"Received: distributed={distributed!r}"
+        )
+    checkpoint_dir = training["checkpoint_dir"]
+    if checkpoint_dir is not None and (
+        not isinstance(checkpoint_dir, str) or not checkpoint_dir
+    ):
+        raise ValueError(
+            "`training.checkpoint_dir` must be a path or null. "
+            f"Received: checkpoint_dir={checkpoint_dir!r}"
+        )
+    if not distributed:
+        for key in ("checkpoint_dir", "checkpoint_every"):
+            if training[key] is not None:
+                raise ValueError(
+                    f"`training.{key}` applies to distributed training only; "
+                    "set `training.distributed: true` (`--distributed`). "
+                    f"Received: {key}={training[key]!r}"
+                )
+        return
+    weighting = training["weighting"]
+    name = weighting.get("name") if isinstance(weighting, dict) else weighting
+    if name != "fixed":
+        raise ValueError(
+            "`training.weighting` must be 'fixed' with `training.distributed"
+            ": true`: the distributed loop weights each task's global masked "
+            "loss by its `weight`. Received: "
+            f"weighting={weighting!r}"
+        )
+    if training["early_stopping_patience"]:
+        raise ValueError(
+            "`training.early_stopping_patience` is not supported with "
+            "`training.distributed: true` (there is no validation loop). "
+            "Received: early_stopping_patience="
+            f"{training['early_stopping_patience']!r}"
+        )
+    name = config["dataset"]["name"]
+    if name in FILE_DATASETS and training["steps_per_epoch"] is None:
+        raise ValueError(
+            f"`training.steps_per_epoch` is required with `training."
+            f"distributed: true` and dataset '{name}': the row count of "
+            "files is unknown, and every worker must run the same number of "
+            "steps. Received: steps_per_epoch=None"
+        )
+
+
 # ---------------------------------------------------------------------------
 # Data sources.
 # ---------------------------------------------------------------------------
@@ -195,6 +304,7 @@ class Source:
         fmt=None,
         labels=(),
         categorical=(),
+        compression=None,
     ):
         self.train, self.val, self.test = train, val, test
         self.tasks = tasks
@@ -203,13 +313,19 @@ class Source:
         # Integer-coded columns that are categorical whatever their dtype.
         self.categorical = list(categorical)
         self.user_column = user_column
-        # None: DataFrames; "csv" / "parquet": file patterns to stream.
+        # None: DataFrames; "csv" / "parquet" / "tfrecord": file patterns
+        # to stream.
         self.fmt = fmt
+        self.compression = compression  # of TFRecord files
 
     def sample(self, sample_rows):
         """A DataFrame to infer features from."""
         if self.fmt is None:
             return self.train
+        if self.fmt == "tfrecord":
+            return data_lib.tfrecord_to_dataframe(
+                self.train, max_rows=sample_rows, compression=self.compression
+            )
         files = data_lib._list_files(self.train, None)
         if self.fmt == "csv":
             return pd.read_csv(files[0], nrows=sample_rows)
@@ -218,19 +334,83 @@ class Source:
         batch = next(pq.ParquetFile(files[0]).iter_batches(sample_rows))
         return batch.to_pandas()
 
-    def dataset(self, part, features, tasks, batch_size, shuffle, seed):
+    def dataset(
+        self,
+        part,
+        features,
+        tasks,
+        batch_size,
+        shuffle,
+        seed,
+        encode_with=None,
+    ):
+        """`(x, y, sw)` batches of a split; with `encode_with` (a raw-input
+        model), categorical features as its row ids (the fast path)."""
         frame = getattr(self, part)
         if frame is None:
             return None
         if self.fmt is None:
+            # In memory: the ids are computed once, for every epoch.
             return data_lib.from_dataframe(
+                frame,
+                features,
+                tasks,
+                batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                encode_with=encode_with,
+                # One batch shape for the XLA-compiled step.
+                pad_remainder=encode_with is not None,
+            )
+        if self.fmt == "tfrecord":
+            ds = data_lib.from_tfrecord(
+                frame,
+                features,
+                tasks,
+                batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                compression=self.compression,
+            )
+        else:
+            reader = (
+                data_lib.from_csv
+                if self.fmt == "csv"
+                else data_lib.from_parquet
+            )
+            ds = reader(
                 frame, features, tasks, batch_size, shuffle=shuffle, seed=seed
             )
-        reader = (
-            data_lib.from_csv if self.fmt == "csv" else data_lib.from_parquet
-        )
-        return reader(
-            frame, features, tasks, batch_size, shuffle=shuffle, seed=seed
+        if encode_with is None:
+            return ds
+        from keras_mtl.models.encoded import encode_dataset
+
+        # Streamed: the lookups run per batch in the input pipeline.
+        return encode_dataset(encode_with, ds)
+
+    def dataset_fn(self, features, tasks, global_batch_size, seed):
+        """The training `dataset_fn` of `keras_mtl.distribute.train`.
+
+        Each worker takes its part of the training data (every n-th row of
+        a DataFrame, every n-th file of files), shuffled and repeated.
+        """
+        from keras_mtl import distribute
+
+        if self.fmt is None:
+            return distribute.dataframe_dataset_fn(
+                self.train, features, tasks, global_batch_size, seed=seed
+            )
+        kwargs = {}
+        if self.fmt == "tfrecord":
+            kwargs["compression"] = self.compression
+        return distribute.files_dataset_fn(
+            self.train,
+            features,
+            tasks,
+            global_batch_size,
+            fmt=self.fmt,
+            seed=seed,
+            **kwargs,
         )
 
 
@@ -308,8 +488,15 @@ def load_source(config):
         else:
             cats = datasets.ALI_CCP_CATEGORICAL
         return Source(train, val, test, tasks, labels=labels, categorical=cats)
-    # csv / parquet: stream the files.
-    return Source(ds["path"], None, ds.get("test_path"), None, fmt=name)
+    # csv / parquet / tfrecord: stream the files.
+    return Source(
+        ds["path"],
+        None,
+        ds.get("test_path"),
+        None,
+        fmt=name,
+        compression=ds.get("compression"),
+    )
 
 
 def _resolve_features(config, source, tasks):
@@ -351,66 +538,48 @@ def _report_records(report):
     }
 
 
-def train(config=None, verbose=1):
-    """Trains a model from a run config; returns `(model, report, out_dir)`.
-
-    The report is `keras_mtl.metrics.evaluate_report` on the test split (the
-    validation split when there is no test split). `verbose=1` shows Keras'
-    progress bar during `fit`.
-    """
-    import keras
-
-    from keras_mtl import metrics as metrics_lib
-    from keras_mtl import models as models_lib
-
-    config = resolve_config(config)
-    training = config["training"]
-    keras.utils.set_random_seed(training["seed"])
-    source = load_source(config)
+def _tasks_of(config, source):
     tasks = validate_tasks(config["tasks"]) if config["tasks"] else source.tasks
     if tasks is None:
         raise ValueError(
             f"Dataset '{config['dataset']['name']}' needs `tasks` in the "
             "config."
         )
-    model_kwargs = dict(config["model"])
-    architecture = model_kwargs.pop("architecture")
-    features = _resolve_features(config, source, tasks)
-    tasks = models_lib.tasks_for(architecture, tasks)
-    model = models_lib.build(architecture, features, tasks, **model_kwargs)
-    from keras_mtl import training as training_lib
+    return tasks
 
-    # `fit_model` trains with the weighting strategy; `model` is served.
-    fit_model = training_lib.compile(
-        model,
-        tasks,
-        weighting=training["weighting"],
-        learning_rate=training["learning_rate"],
+
+def _numpy_data(ds):
+    """A streamed `(x, y, sw)` dataset as one tuple of numpy dicts.
+
+    String features come back from `tf.data` as bytes, which Keras'
+    `predict` refuses: they are decoded to the `str` objects that the
+    DataFrame path holds.
+    """
+    batches = list(ds.as_numpy_iterator())
+    if not batches:
+        return None
+    x, y, sw = (
+        {k: np.concatenate([b[i][k] for b in batches]) for k in batches[0][i]}
+        for i in range(3)
     )
-    bs, seed = training["batch_size"], training["seed"]
-    train_ds = source.dataset("train", features, tasks, bs, True, seed)
-    val_ds = source.dataset("val", features, tasks, bs, False, seed)
-    callbacks = []
-    if training["early_stopping_patience"]:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=training["early_stopping_patience"],
-                restore_best_weights=True,
-            )
-        )
-    history = fit_model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=training["epochs"],
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the dataset reshuffles itself every epoch
-    )
+    for name, values in x.items():
+        if values.dtype == object:
+            x[name] = np.array(
+                [v.decode("utf-8") for v in values.ravel()], dtype=object
+            ).reshape(values.shape)
+    return x, y, sw
+
+
+def _evaluate_run(model, source, config, features, tasks, batch_size):
+    """`(eval_part, report)` on the test split, else the validation split."""
+    from keras_mtl import metrics as metrics_lib
+
     eval_part = "test" if source.test is not None else "val"
     eval_data = getattr(source, eval_part)
     if source.fmt is not None:
-        eval_data = source.dataset(eval_part, features, tasks, bs, False, 0)
+        eval_data = _numpy_data(
+            source.dataset(eval_part, features, tasks, batch_size, False, 0)
+        )
     user_column = config["user_column"] or source.user_column
     if user_column is not None and not any(
         f.name == user_column for f in features
@@ -424,17 +593,105 @@ def train(config=None, verbose=1):
             tasks,
             features=features,
             user_column=user_column,
-            batch_size=max(bs, 4096),
+            batch_size=max(batch_size, 4096),
         )
-    out = pathlib.Path(config["output_dir"])
+    return eval_part, report
+
+
+def _write_run(
+    out, model, features, tasks, config, metrics, serving_model=None
+):
+    """Writes a run's model, specs, config and metrics to `out`."""
+    from keras_mtl import training as training_lib
+
+    out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # The serving model, plus the strategy state for warm starts.
-    training_lib.save_model(fit_model, out / "model.keras")
+    training_lib.save_model(
+        model, out / "model.keras", serving_model=serving_model
+    )
     features_lib.save_features(features, out / "features.json")
     _write_json(out / "tasks.json", [t.get_config() for t in tasks])
     _write_json(out / "config.json", config)
-    _write_json(
-        out / "metrics.json",
+    _write_json(out / "metrics.json", metrics)
+    return out
+
+
+def train(config=None, verbose=1):
+    """Trains a model from a run config; returns `(model, report, out_dir)`.
+
+    The report is `keras_mtl.metrics.evaluate_report` on the test split (the
+    validation split when there is no test split). `verbose=1` shows Keras'
+    progress bar during `fit`. With `training.distributed: true` the model
+    is trained by `keras_mtl.distribute.train` (see `train_distributed`).
+    """
+    import keras
+
+    from keras_mtl import models as models_lib
+
+    config = resolve_config(config)
+    if config["training"]["distributed"]:
+        return train_distributed(config, verbose=verbose)
+    training = config["training"]
+    keras.utils.set_random_seed(training["seed"])
+    source = load_source(config)
+    tasks = _tasks_of(config, source)
+    model_kwargs = dict(config["model"])
+    architecture = model_kwargs.pop("architecture")
+    features = _resolve_features(config, source, tasks)
+    tasks = models_lib.tasks_for(architecture, tasks)
+    model = models_lib.build(architecture, features, tasks, **model_kwargs)
+    from keras_mtl import training as training_lib
+
+    # `fit_model` trains with the weighting strategy; `model` is served.
+    # On the fast path `fit_model` wraps `model`'s encoded twin, which
+    # shares every layer with it.
+    train_model = _fast_twin(model) if training["fast_path"] else None
+    fit_model = training_lib.compile(
+        train_model or model,
+        tasks,
+        weighting=training["weighting"],
+        learning_rate=training["learning_rate"],
+        jit_compile=train_model is not None,
+        steps_per_execution=training["steps_per_execution"],
+    )
+    bs, seed = training["batch_size"], training["seed"]
+    encode_with = model if train_model is not None else None
+    train_ds = source.dataset(
+        "train", features, tasks, bs, True, seed, encode_with=encode_with
+    )
+    val_ds = source.dataset(
+        "val", features, tasks, bs, False, seed, encode_with=encode_with
+    )
+    if training["steps_per_epoch"] is not None:
+        train_ds = train_ds.repeat()
+    callbacks = []
+    if training["early_stopping_patience"]:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=training["early_stopping_patience"],
+                restore_best_weights=True,
+            )
+        )
+    history = fit_model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=training["epochs"],
+        steps_per_epoch=training["steps_per_epoch"],
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,  # the dataset reshuffles itself every epoch
+    )
+    eval_part, report = _evaluate_run(
+        model, source, config, features, tasks, bs
+    )
+    out = _write_run(
+        config["output_dir"],
+        fit_model,
+        features,
+        tasks,
+        config,
         {
             "evaluated_on": eval_part,
             "report": _report_records(report) if report is not None else None,
@@ -443,6 +700,192 @@ def train(config=None, verbose=1):
                 for k, vals in history.history.items()
             },
         },
+        serving_model=model,
+    )
+    return model, report, out
+
+
+def _fast_twin(model):
+    """The encoded twin of `model`, or None when it has none (logged)."""
+    from keras_mtl.models.encoded import encoded_model
+
+    try:
+        return encoded_model(model)
+    except ValueError as err:
+        logger.info("training.fast_path: training on raw features: %s", err)
+        return None
+
+
+def _check_file_shards(config, num_workers):
+    """CSV / Parquet shard by file: refuse fewer files than workers early."""
+    name = config["dataset"]["name"]
+    if name not in ("csv", "parquet") or num_workers < 2:
+        return
+    files = data_lib._list_files(config["dataset"]["path"], None)
+    if len(files) < num_workers:
+        raise ValueError(
+            f"`dataset.path` matches {len(files)} {name} file(s) for "
+            f"{num_workers} workers; each worker reads whole files, so "
+            "write at least as many files as workers (or use TFRecord "
+            "files, which fall back to sharding by record). Received: "
+            f"path={config['dataset']['path']!r}"
+        )
+
+
+def train_distributed(config=None, verbose=1):
+    """Trains a run config with `keras_mtl.distribute.train`.
+
+    Every worker runs the same call. The strategy comes from `TF_CONFIG`
+    (`keras_mtl.distribute.make_strategy`: `MultiWorkerMirroredStrategy`
+    for a cluster of two or more tasks, else `MirroredStrategy` over the
+    local devices); it is created before any other TensorFlow work. Each
+    task's loss is its masked mean over the global batch, weighted by
+    `task.weight` (the `fixed` weighting of `train`); `training.batch_size`
+    is the global batch. Each worker reads its own part of the training
+    data (`Source.dataset_fn`), shuffled and repeated; an epoch is
+    `training.steps_per_epoch` steps (default: the training rows over the
+    global batch, for in-memory data). Checkpoints go to
+    `training.checkpoint_dir` (default `<output_dir>/checkpoints`, which
+    must be shared by all workers) every `training.checkpoint_every` steps
+    (default 100); a restarted job resumes from the latest one. The chief
+    then evaluates and writes the run to `output_dir` exactly as `train`
+    does (`metrics.json` adds a `distributed` entry; its `history` holds
+    the mean of each epoch's step losses); other workers write theirs to
+    a temporary directory that is removed.
+
+    Returns:
+        `(model, report, out_dir)`; `report` and `out_dir` are None on
+        non-chief workers.
+    """
+    config = copy.deepcopy(config or {})
+    if isinstance(config.setdefault("training", {}), dict):
+        config["training"]["distributed"] = True
+    config = resolve_config(config)
+    from keras_mtl import distribute as distribute_lib
+
+    tf_config = distribute_lib.parse_tf_config()
+    num_workers = tf_config["num_workers"] if tf_config else 1
+    _check_file_shards(config, num_workers)
+    # MultiWorkerMirroredStrategy must configure the runtime before any
+    # other TensorFlow op.
+    strategy = distribute_lib.make_strategy()
+
+    import keras
+
+    from keras_mtl import models as models_lib
+
+    training = config["training"]
+    replicas = strategy.num_replicas_in_sync
+    bs, seed = training["batch_size"], training["seed"]
+    if bs % replicas:
+        raise ValueError(
+            "`training.batch_size` (the global batch) must be a multiple of "
+            f"the {replicas} replicas in sync. Received: batch_size={bs}"
+        )
+    chief = distribute_lib.is_chief(strategy)
+    keras.utils.set_random_seed(seed)
+    source = load_source(config)
+    tasks = _tasks_of(config, source)
+    model_kwargs = dict(config["model"])
+    architecture = model_kwargs.pop("architecture")
+    features = _resolve_features(config, source, tasks)
+    tasks = models_lib.tasks_for(architecture, tasks)
+    steps = training["steps_per_epoch"]
+    if steps is None:
+        steps = len(source.train) // bs
+        if steps == 0:
+            raise ValueError(
+                f"`training.batch_size` exceeds the {len(source.train)} "
+                f"training rows. Received: batch_size={bs}"
+            )
+    epochs = training["epochs"]
+    checkpoint_dir = training["checkpoint_dir"] or os.path.join(
+        config["output_dir"], "checkpoints"
+    )
+    every = training["checkpoint_every"] or DEFAULT_CHECKPOINT_EVERY
+
+    def model_fn():
+        keras.utils.set_random_seed(seed)
+        return models_lib.build(architecture, features, tasks, **model_kwargs)
+
+    per_epoch = {}
+    log_every = max(1, steps // 10)
+
+    def on_step(step, logs):
+        per_epoch.setdefault((step - 1) // steps, []).append(logs)
+        if verbose and (step % log_every == 0 or step == epochs * steps):
+            logger.info(
+                "step %d/%d (epoch %d): %s",
+                step,
+                epochs * steps,
+                (step - 1) // steps + 1,
+                ", ".join(f"{k}={v:.4f}" for k, v in logs.items()),
+            )
+
+    # One long epoch over the repeated stream: every epoch reshuffles it,
+    # and a resumed job skips exactly the batches already done.
+    trained, _ = distribute_lib.train(
+        model_fn,
+        source.dataset_fn(features, tasks, bs, seed),
+        tasks,
+        strategy,
+        epochs=1,
+        steps_per_epoch=epochs * steps,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=every,
+        learning_rate=training["learning_rate"],
+        on_step=on_step,
+    )
+    # The served model lives outside the strategy: a plain copy.
+    model = model_fn()
+    model.set_weights(trained.get_weights())
+    metrics = {
+        "history": {
+            key: [
+                float(np.mean([logs[name] for logs in per_epoch[e]]))
+                for e in sorted(per_epoch)
+            ]
+            for key, name in [("loss", "loss")]
+            + [(f"{t.name}_loss", t.name) for t in tasks]
+        },
+        "distributed": {
+            "strategy": (
+                "MultiWorkerMirroredStrategy"
+                if num_workers > 1
+                else type(strategy).__name__
+            ),
+            "num_workers": num_workers,
+            "replicas": replicas,
+            "task": (
+                f"{tf_config['task_type']}:{tf_config['task_id']}"
+                if tf_config
+                else None
+            ),
+            "global_batch_size": bs,
+            "steps_per_epoch": steps,
+            "steps_run": sum(len(v) for v in per_epoch.values()),
+            "epochs_run": sorted(e + 1 for e in per_epoch),
+            "checkpoint_dir": checkpoint_dir,
+        },
+    }
+    if not chief:
+        # Every worker saves, but only the chief's copy is kept.
+        scratch = tempfile.mkdtemp(prefix="keras_mtl_worker_")
+        try:
+            _write_run(scratch, model, features, tasks, config, metrics)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return model, None, None
+    eval_part, report = _evaluate_run(
+        model, source, config, features, tasks, bs
+    )
+    metrics = {
+        "evaluated_on": eval_part,
+        "report": _report_records(report) if report is not None else None,
+        **metrics,
+    }
+    out = _write_run(
+        config["output_dir"], model, features, tasks, config, metrics
     )
     return model, report, out
 
@@ -482,8 +925,15 @@ def evaluate(model_dir, config_override=None):
     part = "test" if source.test is not None else "val"
     data = getattr(source, part)
     if source.fmt is not None:
-        data = source.dataset(
-            part, features, tasks, config["training"]["batch_size"], False, 0
+        data = _numpy_data(
+            source.dataset(
+                part,
+                features,
+                tasks,
+                config["training"]["batch_size"],
+                False,
+                0,
+            )
         )
     user_column = config.get("user_column") or source.user_column
     if user_column is not None and not any(

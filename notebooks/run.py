@@ -12,11 +12,16 @@ outputs, and its metadata is stamped with
 
     "keras_mtl": {"code_sha256": <sha256 of the code cells>,
                   "scale": <KERAS_MTL_NOTEBOOK_SCALE of the run>,
-                  "seconds": <wall time of the run>}
+                  "seconds": <wall time of the run>,
+                  "cpu_seconds": <CPU time of the kernel process>,
+                  "load_average": [<1-minute load average at the start>,
+                                   <and at the end>]}
 
 so that `tests/test_notebooks.py` can tell when code was edited without
-re-running. `--check` executes a temporary copy and leaves the file alone.
-A notebook with a failing cell is never written.
+re-running. The CPU time and load averages say how busy the machine was: on
+shared cores the wall time alone overstates what a run costs. `--check`
+executes a temporary copy and leaves the file alone. A notebook with a
+failing cell is never written.
 
 The kernel is always an ipykernel on the interpreter running this script
 (the project's `.venv`), whatever kernels Jupyter has registered. Low-level
@@ -68,6 +73,16 @@ def code_sha256(nb):
     """sha256 of the code cells' sources joined by NUL characters."""
     joined = "\0".join(code_sources(nb))
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+
+def _cpu_seconds(pid):
+    """User + system CPU time of process `pid` and its reaped children."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return (
+        times.user + times.system + times.children_user + times.children_system
+    )
 
 
 def read_scale(environ=None):
@@ -129,7 +144,7 @@ def _tidy_outputs(nb):
         cell.outputs = kept
 
 
-def execute_notebook(path, scale=None, timeout=DEFAULT_TIMEOUT):
+def execute_notebook(path, scale=None, timeout=DEFAULT_TIMEOUT, usage=None):
     """Executes the notebook at `path` and returns it with its outputs.
 
     Args:
@@ -137,6 +152,10 @@ def execute_notebook(path, scale=None, timeout=DEFAULT_TIMEOUT):
         scale: float or None. Value of `KERAS_MTL_NOTEBOOK_SCALE` in the
             kernel. Defaults to the variable of this process, or 1.
         timeout: int. Seconds each cell may run. Defaults to 600.
+        usage: dict or None. When given, filled with `load_average` (the
+            1-minute load average before and after the run) and, where
+            `psutil` is installed, `cpu_seconds` (CPU time of the kernel
+            process after its last cell).
 
     Returns:
         `(nb, seconds)`: the executed `nbformat` notebook and the wall time.
@@ -165,9 +184,26 @@ def execute_notebook(path, scale=None, timeout=DEFAULT_TIMEOUT):
         record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
     )
+    usage = {} if usage is None else usage
+
+    def sample_cpu(**_):
+        process = getattr(kernel.provisioner, "process", None)
+        if process is None:
+            return
+        try:
+            usage["cpu_seconds"] = _cpu_seconds(process.pid)
+        except (ImportError, OSError, ValueError):
+            pass  # no psutil, or the kernel is gone: wall time only
+
+    client.on_cell_executed = sample_cpu
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     client.execute(env=env)
     seconds = time.perf_counter() - start
+    usage["load_average"] = [
+        round(load_before, 2),
+        round(os.getloadavg()[0], 2),
+    ]
     _tidy_outputs(nb)
     nb.metadata["kernelspec"] = {
         "display_name": "Python 3 (ipykernel)",
@@ -177,14 +213,33 @@ def execute_notebook(path, scale=None, timeout=DEFAULT_TIMEOUT):
     return nb, seconds
 
 
-def stamp(nb, scale, seconds):
-    """Records which code and scale produced the outputs of `nb`."""
+def stamp(nb, scale, seconds, usage=None):
+    """Records which code and scale produced the outputs of `nb`.
+
+    `usage` (from `execute_notebook`) adds `cpu_seconds` and `load_average`.
+    """
     nb.metadata[STAMP_KEY] = {
         "code_sha256": code_sha256(nb),
         "scale": float(scale),
         "seconds": round(seconds, 1),
     }
+    usage = usage or {}
+    if "cpu_seconds" in usage:
+        nb.metadata[STAMP_KEY]["cpu_seconds"] = round(usage["cpu_seconds"], 1)
+    if "load_average" in usage:
+        nb.metadata[STAMP_KEY]["load_average"] = list(usage["load_average"])
     return nb
+
+
+def _describe(seconds, scale, usage):
+    parts = [f"{seconds:.1f} s"]
+    if "cpu_seconds" in usage:
+        parts.append(f"cpu {usage['cpu_seconds']:.1f} s")
+    if "load_average" in usage:
+        before, after = usage["load_average"]
+        parts.append(f"load {before:g} -> {after:g}")
+    parts.append(f"scale {scale:g}")
+    return ", ".join(parts)
 
 
 def run(path, check=False, scale=None, timeout=DEFAULT_TIMEOUT):
@@ -195,18 +250,22 @@ def run(path, check=False, scale=None, timeout=DEFAULT_TIMEOUT):
     """
     path = pathlib.Path(path)
     scale = read_scale() if scale is None else float(scale)
+    usage = {}
     try:
-        nb, seconds = execute_notebook(path, scale=scale, timeout=timeout)
+        nb, seconds = execute_notebook(
+            path, scale=scale, timeout=timeout, usage=usage
+        )
     except CellExecutionError as err:
         print(f"FAILED {path}:\n{err}", file=sys.stderr)
         return False, 0.0
+    described = _describe(seconds, scale, usage)
     if check:
         with tempfile.TemporaryDirectory() as tmp:
             nbformat.write(nb, pathlib.Path(tmp) / path.name)
-        print(f"ok     {path} ({seconds:.1f} s, scale {scale:g}, checked)")
+        print(f"ok     {path} ({described}, checked)")
     else:
-        nbformat.write(stamp(nb, scale, seconds), path)
-        print(f"ok     {path} ({seconds:.1f} s, scale {scale:g}, written)")
+        nbformat.write(stamp(nb, scale, seconds, usage), path)
+        print(f"ok     {path} ({described}, written)")
     return True, seconds
 
 

@@ -1,8 +1,10 @@
 """Tests of `keras_mtl.distribute` (CPU, loopback only).
 
-Every TensorFlow run happens in a subprocess (logical devices and
+Every training run happens in a subprocess (logical devices and
 `TF_CONFIG` must be set before TensorFlow starts): this file doubles as the
-driver script, `python tests/test_distribute.py MODE OUT_DIR ...`.
+driver script, `python tests/test_distribute.py MODE OUT_DIR ...`. Only
+`TF_CONFIG` validation and the input pipelines are tested in-process.
+`tests/test_cli.py` runs `train --distributed` with these helpers.
 """
 
 import json
@@ -490,6 +492,170 @@ def test_mirrored_two_devices_match_one_device(tmp_path):
     # device: only a loose agreement is expected.
     for key in ("click_loss", "conversion_loss"):
         np.testing.assert_allclose(f1[key], f2[key], rtol=2e-2)
+
+
+# ---------------------------------------------------------------------------
+# In-process: TF_CONFIG validation and per-worker input pipelines.
+# ---------------------------------------------------------------------------
+
+
+def _tf_config(cluster=None, task=None, **extra):
+    cluster = cluster or {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]}
+    task = task or {"type": "worker", "index": 1}
+    return json.dumps({"cluster": cluster, "task": task, **extra})
+
+
+def test_parse_tf_config_accepts_a_cluster():
+    from keras_mtl import distribute
+
+    parsed = distribute.parse_tf_config(_tf_config())
+    assert (parsed["task_type"], parsed["task_id"]) == ("worker", 1)
+    assert parsed["num_workers"] == 2
+    cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
+    parsed = distribute.parse_tf_config(
+        _tf_config(cluster, {"type": "chief", "index": 0}, environment="x")
+    )
+    assert parsed["num_workers"] == 3
+    assert distribute.parse_tf_config("") is None
+    assert distribute.parse_tf_config("  ") is None
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{cluster: 1}", "not valid JSON"),
+        ("[1, 2]", "the top level must be a mapping"),
+        (_tf_config(tasks=1), r"unknown key\(s\) \['tasks'\]"),
+        (json.dumps({"task": {}}), "`cluster` must be a non-empty mapping"),
+        (
+            _tf_config({"worker": ["h:1"], "ps": ["h:2"]}),
+            r"task type\(s\) \['ps'\]",
+        ),
+        (_tf_config({"worker": "h:1"}), "Received: cluster.worker='h:1'"),
+        (
+            _tf_config({"worker": ["h:1", "h2"]}),
+            "Received: cluster.worker address 'h2'",
+        ),
+        (
+            _tf_config({"worker": ["h:1", "h:1"]}),
+            r"address\(es\) \['h:1'\] appear more than once",
+        ),
+        (
+            _tf_config(
+                {"chief": ["a:1", "b:1"], "worker": ["c:1"]},
+                {"type": "worker", "index": 0},
+            ),
+            "`cluster.chief` holds at most one address",
+        ),
+        (
+            json.dumps({"cluster": {"worker": ["h:1"]}}),
+            "`task` must be a mapping",
+        ),
+        (
+            _tf_config(task={"type": "chief", "index": 0}),
+            "Received: task.type='chief'",
+        ),
+        (
+            _tf_config(task={"type": "worker", "index": 2}),
+            r"`task.index` must be an integer in \[0, 2\)",
+        ),
+        (
+            _tf_config(task={"type": "worker", "index": "1"}),
+            "Received: task.index='1'",
+        ),
+    ],
+    ids=[
+        "json",
+        "not_mapping",
+        "unknown_key",
+        "no_cluster",
+        "parameter_server",
+        "addresses_not_list",
+        "no_port",
+        "duplicate",
+        "two_chiefs",
+        "no_task",
+        "task_type",
+        "index_range",
+        "index_type",
+    ],
+)
+def test_malformed_tf_config_names_what_is_wrong(value, message):
+    from keras_mtl import distribute
+
+    with pytest.raises(ValueError, match="Malformed `TF_CONFIG`") as info:
+        distribute.parse_tf_config(value)
+    assert info.match(message)
+
+
+def _rows(ds):
+    return np.concatenate(
+        [x["position"] for x, _, _ in ds.as_numpy_iterator()]
+    ).astype(int)
+
+
+def _contexts(n):
+    import tensorflow as tf
+
+    return [
+        tf.distribute.InputContext(
+            num_input_pipelines=n, input_pipeline_id=i, num_replicas_in_sync=n
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    "num_files", [3, 1], ids=["by_file", "by_record_fallback"]
+)
+def test_dataset_fns_give_each_worker_a_disjoint_part(tmp_path, num_files):
+    from keras_mtl import data
+    from keras_mtl import distribute
+    from keras_mtl import features as F
+
+    n = 960
+    df = _frame_with_row_ids(n)
+    features = [F.NumericFeature("position", mean=0.0, variance=1.0)]
+    data.to_tfrecord(df, tmp_path / "p", features, _tasks(), num_files)
+    for fn in (
+        distribute.files_dataset_fn(
+            str(tmp_path / "p-*"), features, _tasks(), 64, repeat=False
+        ),
+        distribute.dataframe_dataset_fn(
+            df, features, _tasks(), 64, repeat=False
+        ),
+    ):
+        parts = [_rows(fn(ctx)) for ctx in _contexts(2)]
+        # Per-replica batches of 64 // 2, whole batches only.
+        assert len(parts[0]) % 32 == 0 and len(parts[1]) % 32 == 0
+        assert not set(parts[0]) & set(parts[1])
+        assert len(parts[0]) + len(parts[1]) == n
+    one = distribute.files_dataset_fn(
+        str(tmp_path / "p-*"), features, _tasks(), 64, shuffle=False
+    )(_contexts(1)[0])
+    first = next(iter(one))[0]["position"].numpy()
+    np.testing.assert_array_equal(first, np.arange(64))
+
+
+def _frame_with_row_ids(n):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    click = rng.integers(0, 2, n)
+    return pd.DataFrame(
+        {
+            "position": np.arange(n),
+            "click": click,
+            "conversion": click * rng.integers(0, 2, n),
+        }
+    )
+
+
+def test_files_dataset_fn_refuses_an_unknown_format():
+    from keras_mtl import distribute
+
+    with pytest.raises(ValueError, match="Received: fmt='orc'"):
+        distribute.files_dataset_fn("x", [], _tasks(), 64, fmt="orc")
 
 
 if __name__ == "__main__":

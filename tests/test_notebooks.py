@@ -4,7 +4,11 @@ Every `notebooks/*.ipynb` is picked up. The execution test runs each one in
 the quick setting (`KERAS_MTL_NOTEBOOK_SCALE=1`) into a temporary copy with
 `notebooks/run.py`; the staleness test checks that the committed file carries
 the outputs of an in-order run of its current code (`run.py` stamps the code's
-sha256 after a successful run). After editing a notebook, re-run it:
+sha256 after a successful run). Fast checks hold every notebook to the
+conventions (linked from `notebooks/README.md`, the `KERAS_MTL_NOTEBOOK_SCALE`
+knob in its first code cell); the execution test also checks that a run leaves
+no files in `notebooks/` (tuner projects and exports go to temporary
+directories). After editing a notebook, re-run it:
 
     .venv/bin/python notebooks/run.py notebooks/<name>.ipynb
 """
@@ -55,15 +59,39 @@ def _has_png(nb):
     )
 
 
-def test_the_first_notebooks_exist():
+EXPECTED = (
+    "01_quickstart.ipynb",
+    "02_esmm_selection_bias.ipynb",
+    "03_task_relatedness.ipynb",
+    "04_loss_balancing.ipynb",
+    "05_tuning.ipynb",
+    "06_serving.ipynb",
+)
+
+
+def test_the_notebooks_exist():
     names = [path.name for path in NOTEBOOKS]
-    for name in (
-        "01_quickstart.ipynb",
-        "02_esmm_selection_bias.ipynb",
-        "03_task_relatedness.ipynb",
-    ):
+    for name in EXPECTED:
         assert name in names
     assert run.notebooks() == NOTEBOOKS
+
+
+def test_readme_lists_every_notebook():
+    readme = (NOTEBOOK_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [
+        path.name
+        for path in NOTEBOOKS
+        if f"[`{path.name}`]({path.name})" not in readme
+    ]
+    assert not missing, f"notebooks/README.md does not link {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_first_code_cell_reads_the_scale(path):
+    # The one knob the tests and run.py turn: KERAS_MTL_NOTEBOOK_SCALE.
+    first = _code_cells(nbformat.read(path, as_version=4))[0].source
+    assert run.SCALE_VARIABLE in first
+    assert "SCALE = float(os.environ.get(" in first
 
 
 def test_code_sha256_sees_every_code_cell():
@@ -111,6 +139,25 @@ def test_tidy_outputs_drops_tf_log_lines_and_merges_streams():
     ]
 
 
+def test_stamp_records_cpu_time_and_load():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    usage = {"cpu_seconds": 20.06, "load_average": [1.5, 2.25]}
+    stamped = run.stamp(nb, 1, 12.34, usage).metadata[run.STAMP_KEY]
+    assert stamped == {
+        "code_sha256": run.code_sha256(nb),
+        "scale": 1.0,
+        "seconds": 12.3,
+        "cpu_seconds": 20.1,
+        "load_average": [1.5, 2.25],
+    }
+    assert set(run.stamp(nb, 1, 12.34).metadata[run.STAMP_KEY]) == {
+        "code_sha256",
+        "scale",
+        "seconds",
+    }
+
+
 @pytest.mark.parametrize(
     "text, expected", [("1", 1.0), ("10", 10.0), ("0.5", 0.5)]
 )
@@ -147,12 +194,23 @@ def test_committed_outputs_are_current(path):
     assert path.stat().st_size < MAX_BYTES
 
 
+def _tree(directory):
+    return sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_executes(path, tmp_path):
     committed = nbformat.read(path, as_version=4)
+    before = _tree(NOTEBOOK_DIR)
     # Raises CellExecutionError, with the cell and traceback, on any error.
     executed, _ = run.execute_notebook(path, scale=1)
+    # Tuner projects, exports and saved models go to temporary directories.
+    assert _tree(NOTEBOOK_DIR) == before
     nbformat.write(executed, tmp_path / path.name)
     assert run.code_sources(executed) == run.code_sources(committed)
     counts = [cell.execution_count for cell in _code_cells(executed)]

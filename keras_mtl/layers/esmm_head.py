@@ -28,7 +28,9 @@ class ESMMHead(keras.layers.Layer):
             `(batch, 1)` holding logits (not probabilities).
 
     Returns:
-        A tuple `(p_ctr, p_cvr, p_ctcvr)` of tensors of shape `(batch, 1)`.
+        A tuple `(p_ctr, p_cvr, p_ctcvr)` of tensors of shape `(batch, 1)`,
+        float32 under every dtype policy (a `mixed_bfloat16` probability
+        keeps only 3 significant digits).
 
     Example:
 
@@ -74,9 +76,7 @@ class ESMMHead(keras.layers.Layer):
         p_ctr = ops.sigmoid(ctr_logit)
         p_cvr = ops.sigmoid(cvr_logit)
         p_ctcvr = p_ctr * p_cvr
-        return tuple(
-            ops.cast(p, self.compute_dtype) for p in (p_ctr, p_cvr, p_ctcvr)
-        )
+        return p_ctr, p_cvr, p_ctcvr
 
     def compute_output_shape(self, input_shape):
         ctr_shape, cvr_shape = input_shape

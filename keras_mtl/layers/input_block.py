@@ -92,6 +92,9 @@ class InputBlock(keras.layers.Layer):
     Call arguments:
         inputs: dict of raw tensors keyed by feature name, as made by
             `make_inputs`.
+        encoded: bool. Whether the categorical and sequence inputs are
+            already row ids from `encode` (the fast training path of
+            `keras_mtl.models.encoded_model`). Defaults to `False`.
 
     Returns:
         A `(batch, output_dim)` tensor.
@@ -256,13 +259,14 @@ class InputBlock(keras.layers.Layer):
 
     # -- forward -----------------------------------------------------------
 
-    def _check_inputs(self, inputs):
+    def _check_inputs(self, inputs, features=None):
         if not isinstance(inputs, dict):
             raise ValueError(
                 "InputBlock takes a dict of raw features keyed by name. "
                 f"Received: {type(inputs).__name__}"
             )
-        missing = [f.name for f in self.features if f.name not in inputs]
+        features = self.features if features is None else features
+        missing = [f.name for f in features if f.name not in inputs]
         if missing:
             raise ValueError(
                 f"InputBlock is missing input feature(s) {missing}. "
@@ -295,8 +299,49 @@ class InputBlock(keras.layers.Layer):
             )
         return ops.cast(ops.concatenate(parts, axis=-1), self.compute_dtype)
 
-    def embed(self, inputs):
+    def encode(self, inputs, names=None):
+        """Maps raw categorical values to their table-local row ids.
+
+        This is the lookup half of the block (vocabulary, hashing or id range
+        check; 0 = missing, 1 = OOV) and the only part that XLA cannot
+        compile. Run it once over in-memory data (`keras_mtl.data` does, see
+        `keras_mtl.models.encoded_model`) and train on the ids with
+        `call(..., encoded=True)`.
+
+        Args:
+            inputs: dict of raw features keyed by name (extra keys are
+                ignored).
+            names: optional list of the features to encode. Defaults to
+                every categorical and sequence feature of the block.
+
+        Returns:
+            A dict keyed by categorical and sequence feature name of int32
+            row ids, `(batch,)` or `(batch, max_len)`.
+        """
+        specs = self.categorical
+        if names is not None:
+            known = {f.name for f in specs}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"`names` has feature(s) {unknown} that are not "
+                    f"categorical features of this block: {sorted(known)}"
+                )
+            specs = [f for f in specs if f.name in names]
+        self._check_inputs(inputs, specs)
+        out = {}
+        for spec in specs:
+            ids = self.lookups[self._group_of[spec.name]](inputs[spec.name])
+            out[spec.name] = ops.cast(ids, "int32")
+        return out
+
+    def embed(self, inputs, encoded=False):
         """Embeds every categorical and sequence feature.
+
+        Args:
+            inputs: dict of features keyed by name.
+            encoded: bool. Whether the categorical inputs are already row
+                ids from `encode`. Defaults to `False` (raw values).
 
         Returns:
             A dict keyed by feature name: `(batch, dim)` for categorical
@@ -311,7 +356,10 @@ class InputBlock(keras.layers.Layer):
             ids, widths, masks = [], [], []
             for spec in specs:
                 group = self._group_of[spec.name]
-                local = self.lookups[group](inputs[spec.name])
+                if encoded:
+                    local = inputs[spec.name]
+                else:
+                    local = self.lookups[group](inputs[spec.name])
                 local = ops.cast(local, "int32")
                 if isinstance(spec, features_lib.SequenceFeature):
                     local = ops.reshape(local, (-1, spec.max_len))
@@ -347,13 +395,13 @@ class InputBlock(keras.layers.Layer):
         count = ops.maximum(ops.sum(weights, axis=1), 1.0)
         return total / count
 
-    def call(self, inputs):
+    def call(self, inputs, encoded=False):
         self._check_inputs(inputs)
         parts = []
         if self.numeric:
             parts.append(self._numeric_block(inputs))
         if self.categorical:
-            embedded = self.embed(inputs)
+            embedded = self.embed(inputs, encoded=encoded)
             for spec in self.categorical:
                 value = embedded[spec.name]
                 if isinstance(spec, features_lib.SequenceFeature):

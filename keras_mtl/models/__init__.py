@@ -5,6 +5,9 @@ a dict of outputs keyed by task name. `compile_model` sets each task's masked
 loss, weight and metrics; `build(architecture, ...)` picks a builder by name.
 """
 
+from keras_mtl.models.encoded import encode_dataset
+from keras_mtl.models.encoded import encode_features
+from keras_mtl.models.encoded import encoded_model
 from keras_mtl.models.seeds import cross_stitch
 from keras_mtl.models.seeds import dupn
 from keras_mtl.models.seeds import esm2
@@ -39,6 +42,9 @@ __all__ = [
     "cgc",
     "check_builder_args",
     "compile_model",
+    "encode_dataset",
+    "encode_features",
+    "encoded_model",
     "esmm",
     "esmm_tasks",
     "mmoe",

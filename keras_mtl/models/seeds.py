@@ -219,7 +219,9 @@ def esm2(
     ]
     probabilities = head(branch_logits)
     outputs = {
-        t.name: keras.layers.Identity(name=t.name)(probabilities[t.name])
+        t.name: keras.layers.Identity(dtype="float32", name=t.name)(
+            probabilities[t.name]
+        )
         for t in tasks
     }
     return keras.Model(inputs, outputs, name=name)
@@ -397,7 +399,9 @@ def dupn(
         }
     )
     outputs = {
-        t.name: keras.layers.Identity(name=t.name)(scores[t.name])
+        t.name: keras.layers.Identity(dtype="float32", name=t.name)(
+            scores[t.name]
+        )
         for t in tasks
     }
     return keras.Model(inputs, outputs, name=name)
@@ -853,5 +857,7 @@ def pairwise_ranker(
         )
         flat[spec.name] = keras.ops.reshape(inputs[spec.name], (-1, *tail))
     scores = keras.ops.reshape(scorer(flat)["score"], (-1, list_size))
-    outputs = {"score": keras.layers.Identity(name="score")(scores)}
+    outputs = {
+        "score": keras.layers.Identity(dtype="float32", name="score")(scores)
+    }
     return keras.Model(inputs, outputs, name=name)

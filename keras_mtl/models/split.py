@@ -167,7 +167,7 @@ def split_model(
         }
     )
     outputs = {
-        task: keras.layers.Identity(name=task)(value)
+        task: keras.layers.Identity(dtype="float32", name=task)(value)
         for task, value in outputs.items()
     }
     # Config: plain functional; the nested models carry their own graphs.

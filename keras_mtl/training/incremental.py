@@ -22,7 +22,7 @@ def _sidecar(filepath):
     return path.with_name(path.stem + ".weighting.json")
 
 
-def save_model(model, filepath, overwrite=True, **kwargs):
+def save_model(model, filepath, overwrite=True, serving_model=None, **kwargs):
     """Saves the serving model, plus the weighting state of a wrapper.
 
     For a `keras_mtl.training.MultiTaskModel`, writes its plain functional
@@ -36,6 +36,10 @@ def save_model(model, filepath, overwrite=True, **kwargs):
         model: a `MultiTaskModel` or a `keras.Model`.
         filepath: str or path ending in `.keras`.
         overwrite: bool. Defaults to `True`.
+        serving_model: optional model to write instead of the wrapper's
+            `model`: the raw-input model when the wrapper trained its
+            encoded twin (`keras_mtl.models.encoded_model`, which shares
+            its layers). Defaults to `None`.
         **kwargs: passed to `keras.Model.save`.
 
     Returns:
@@ -45,7 +49,9 @@ def save_model(model, filepath, overwrite=True, **kwargs):
 
     filepath = pathlib.Path(os.fspath(filepath))
     if isinstance(model, MultiTaskModel):
-        model.model.save(filepath, overwrite=overwrite, **kwargs)
+        (serving_model or model.model).save(
+            filepath, overwrite=overwrite, **kwargs
+        )
         strategy = model.weighting
         payload = {
             "weighting": {
@@ -62,7 +68,7 @@ def save_model(model, filepath, overwrite=True, **kwargs):
         with open(_sidecar(filepath), "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
     else:
-        model.save(filepath, overwrite=overwrite, **kwargs)
+        (serving_model or model).save(filepath, overwrite=overwrite, **kwargs)
     return filepath
 
 
