@@ -48,7 +48,7 @@ $(BENCH_VENV)/.bench-installed: bench/requirements.txt setup.py
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e . --no-deps
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
 	touch $@
 
 .PHONY: bench

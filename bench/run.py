@@ -50,6 +50,9 @@ FUNNEL_N = 400_000
 FUNNEL_BATCH = 1024
 FUNNEL_MAX_EPOCHS = 8
 FUNNEL_PATIENCE = 2
+# L2 weight on the embedding tables of both funnel models (user and item ids
+# overfit the click signal within an epoch without it).
+FUNNEL_EMBEDDING_L2 = 1e-3
 
 QUICK = {"adult_epochs": 2, "funnel_n": 40_000, "funnel_epochs": 1}
 
@@ -81,12 +84,14 @@ CONSTRUCTORS = {
     ),
     ("keras_mtl", "mmoe"): (
         "keras_mtl.models.mmoe(features, tasks, num_experts=8, "
-        "expert_units=(64,), tower_units=(32,))"
+        "expert_units=(64,), tower_units=(32,))` with its default "
+        "`tower_normalization='layer'"
     ),
     ("keras_mtl", "ple"): (
         "keras_mtl.models.ple(features, tasks, num_levels=1, "
         "num_task_experts=2, num_shared_experts=1, expert_units=(64,), "
-        "tower_units=(32,))"
+        "tower_units=(32,))` with its default "
+        "`tower_normalization='layer'"
     ),
     ("torch_rechub", "shared_bottom"): (
         "SharedBottom(features, task_types=['classification'] * 2, "
@@ -588,17 +593,30 @@ def worker_funnel(args):
     truth_test = truth.loc[test.index]
     features = keras_mtl.infer_features(train, labels=FUNNEL_LABELS)
 
+    # Both models get the same embedding regularization and stop on the
+    # same quantity, the one a real log can give about a CVR model: the log
+    # loss of its CVR output on the clicked validation rows (the `logloss`
+    # metric of `compile_model`, which leaves the regularization out). For
+    # ESMM that is the `cvr` output's, which `esmm_tasks` measures on
+    # clicked rows only; the naive model sees clicked rows only anyway.
+    regularizer = keras.regularizers.L2(FUNNEL_EMBEDDING_L2)
     if args.model == "esmm":
         tasks = models.esmm_tasks()
-        model = models.esmm(features, tasks)
+        model = models.esmm(features, tasks, embeddings_regularizer=regularizer)
         output = "cvr"
+        monitor = "val_cvr_logloss"
         fit_train, fit_val = train, val
     elif args.model == "naive":
         tasks = [keras_mtl.Task("conversion")]
         model = models.shared_bottom(
-            features, tasks, bottom_units=(128, 64), tower_units=()
+            features,
+            tasks,
+            bottom_units=(128, 64),
+            tower_units=(),
+            embeddings_regularizer=regularizer,
         )
         output = "conversion"
+        monitor = "val_logloss"
         fit_train = train[train["click"] == 1]
         fit_val = val[val["click"] == 1]
     else:
@@ -614,8 +632,9 @@ def worker_funnel(args):
     class EntireSpaceAUC(keras.callbacks.Callback):
         """Diagnostic only: the test entire-space AUC after every epoch.
 
-        It never drives model selection (early stopping uses `val_loss`);
-        it shows whether another epoch would have ranked better.
+        It never drives model selection (early stopping uses the clicked-
+        row CVR loss); it shows whether another epoch would have ranked
+        better.
         """
 
         def __init__(self):
@@ -634,7 +653,10 @@ def worker_funnel(args):
     start = time.perf_counter()
     models.compile_model(model, tasks, learning_rate=LEARNING_RATE)
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=FUNNEL_PATIENCE, restore_best_weights=True
+        monitor=monitor,
+        mode="min",
+        patience=FUNNEL_PATIENCE,
+        restore_best_weights=True,
     )
     history = model.fit(
         data_lib.from_dataframe(
@@ -650,7 +672,7 @@ def worker_funnel(args):
     # The diagnostic's own predictions are not part of the model's cost.
     wall = time.perf_counter() - start - diagnostic.seconds
     clicked = test["click"].to_numpy() == 1
-    val_loss = history.history["val_loss"]
+    val_loss = history.history[monitor]
     return {
         "suite": "quality",
         "benchmark": "funnel",
@@ -668,8 +690,10 @@ def worker_funnel(args):
         "oracle_entire_space_auc": float(roc_auc_score(cf, p_true)),
         "mean_pred_cvr": float(cvr.mean()),
         "mean_p_conversion": float(p_true.mean()),
+        "monitor": monitor,
         "epochs_run": len(val_loss),
         "best_epoch": 1 + int(np.argmin(val_loss)),
+        "monitor_by_epoch": [float(v) for v in val_loss],
         "entire_space_auc_by_epoch": diagnostic.values,
         "params": int(model.count_params()),
         "wall_s": wall,
@@ -833,7 +857,7 @@ def suite_quality(opts):
     f_n = QUICK["funnel_n"] if opts.quick else opts.funnel_n
     f_epochs = QUICK["funnel_epochs"] if opts.quick else FUNNEL_MAX_EPOCHS
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    name = "quality-quick" if opts.quick else "quality"
+    name = opts.results or ("quality-quick" if opts.quick else "quality")
     results_path = os.path.join(RESULTS_DIR, f"{name}.jsonl")
     log_path = os.path.join(RESULTS_DIR, f"{name}.log")
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -881,10 +905,19 @@ def suite_quality(opts):
         if not opts.only or "funnel" in opts.only:
             for model in ("esmm", "naive"):
                 jobs.append(("funnel", "keras_mtl", model, seed))
-    records = []
+    # With --resume, earlier runs outside this run's jobs (other seeds,
+    # libraries left out with --only) are kept, so a suite can be completed
+    # in parts.
+    carried = [r for key, r in done.items() if key not in set(jobs)]
+    if carried:
+        meta["seeds"] = sorted({*opts.seeds, *(r["seed"] for r in carried)})
+        print(f"resume: {len(carried)} earlier run(s) kept as is", flush=True)
+    records = list(carried)
     clock = time.perf_counter()
     with open(results_path, "w") as out, open(log_path, "a") as log:
         out.write(json.dumps({"meta": meta}) + "\n")
+        for record in carried:
+            out.write(json.dumps(record) + "\n")
         for k, job in enumerate(jobs, 1):
             bench, library, model, seed = job
             if job in done:
@@ -947,12 +980,44 @@ def _finish_quality(opts, meta, records, results_path):
 
 
 def render_only(opts):
-    """Rewrites the doc section from a results file (no training)."""
-    meta, records = _read_results(opts.render_only)
-    _finish_quality(opts, meta, records, os.path.abspath(opts.render_only))
+    """Rewrites the doc section from results files (no training).
+
+    With several files (parts of one suite run side by side, e.g. the Adult
+    runs and the funnel runs), the records are pooled and the first file's
+    meta describes the run; dates, seeds, minutes and commands cover all.
+    """
+    paths = [os.path.abspath(p) for p in opts.render_only]
+    meta, records = _read_results(paths[0])
+    for path in paths[1:]:
+        other, more = _read_results(path)
+        records += more
+        if _settings(other) != _settings(meta):
+            raise SystemExit(f"{path}: other settings than {paths[0]}")
+        meta["seeds"] = sorted({*meta["seeds"], *other["seeds"]})
+        meta["started"] = min(meta["started"], other["started"])
+        meta["finished"] = max(meta.get("finished", ""), other["finished"])
+        meta["total_minutes"] = round(
+            meta.get("total_minutes", 0) + other.get("total_minutes", 0), 1
+        )
+        meta["command"] += f"` and `{other['command']}"
+    _finish_quality(opts, meta, records, paths)
 
 
-SUITES = {"quality": suite_quality}
+def suite_train(opts):
+    """Training throughput against the peers: see bench/train_suite.py."""
+    import train_suite
+
+    return train_suite.suite_train(opts)
+
+
+def suite_serve(opts):
+    """In-process serving latency: see bench/serve_latency.py."""
+    import serve_latency
+
+    return serve_latency.main(opts.serve_args or [])
+
+
+SUITES = {"quality": suite_quality, "train": suite_train, "serve": suite_serve}
 
 
 # --------------------------------------------------------------------------
@@ -994,9 +1059,11 @@ def render_quality(meta, records, results_path):
     add = lines.append
     add("## Quality suite")
     add("")
+    paths = results_path if isinstance(results_path, list) else [results_path]
     add(
         "Generated by `bench/run.py` from the runs listed in "
-        f"`{os.path.relpath(results_path, ROOT)}`; do not edit by hand."
+        + " and ".join(f"`{os.path.relpath(p, ROOT)}`" for p in paths)
+        + "; do not edit by hand."
     )
     add("")
     if meta["quick"]:
@@ -1017,7 +1084,13 @@ def render_quality(meta, records, results_path):
     )
     add(
         f"- Threads: {meta.get('threads')} per library (TensorFlow intra- "
-        "and inter-op, torch, OMP), one run at a time."
+        "and inter-op, torch, OMP), one run at a time"
+        + (
+            f" in each of {len(paths)} parts of the suite, which ran side by "
+            "side."
+            if len(paths) > 1
+            else "."
+        )
     )
     add(
         f"- Machine: {machine.get('cores')}-core CPU "
@@ -1197,8 +1270,12 @@ def render_quality(meta, records, results_path):
         "`truth.cf_conversion`, and Spearman correlation with the true "
         "`truth.p_conversion`. Up to "
         f"{meta['funnel_epochs']} epochs, batch {FUNNEL_BATCH}, Adam 1e-3, "
-        f"early stopping on `val_loss` (patience {FUNNEL_PATIENCE}, best "
-        "weights restored)."
+        "early stopping on the log loss of the CVR output on the clicked "
+        "validation rows (`val_cvr_logloss` for ESMM, `val_logloss` for the "
+        f"naive model; patience {FUNNEL_PATIENCE}, best weights restored). "
+        "Both models put an L2 penalty of "
+        f"{FUNNEL_EMBEDDING_L2:g} on their embedding tables "
+        "(`embeddings_regularizer=keras.regularizers.L2(...)`)."
     )
     add("")
     add(
@@ -1209,9 +1286,11 @@ def render_quality(meta, records, results_path):
     add("|---|---|---|---|---|---:|---:|---|")
     f_summary = {}
     labels = {
-        "esmm": "ESMM `esmm(features, esmm_tasks())`, towers [128, 64]",
+        "esmm": "ESMM `esmm(features, esmm_tasks(), "
+        "embeddings_regularizer=l2)`, towers [128, 64]",
         "naive": "naive: `shared_bottom(features, [Task('conversion')], "
-        "bottom_units=(128, 64), tower_units=())` on `click == 1` rows",
+        "bottom_units=(128, 64), tower_units=(), "
+        "embeddings_regularizer=l2)` on `click == 1` rows",
     }
     for model in ("esmm", "naive"):
         ok = [r for r in funnel if r["model"] == model and "error" not in r]
@@ -1248,10 +1327,10 @@ def render_quality(meta, records, results_path):
         )
     add("")
     add(
-        "Epochs and the restored epoch come from `val_loss` alone. The last "
-        "column is a diagnostic, not a result: the best test entire-space "
-        "AUC over all epochs run, which no real log could select; it shows "
-        "how much early stopping on `val_loss` leaves on the table. Wall "
+        "Epochs and the restored epoch come from that validation loss "
+        "alone. The last column is a diagnostic, not a result: the best "
+        "test entire-space AUC over all epochs run, which no real log could "
+        "select; it shows how much early stopping leaves on the table. Wall "
         "time excludes that diagnostic's predictions."
     )
     add("")
@@ -1349,7 +1428,44 @@ def _parser():
         choices=[*LIBRARIES, "funnel"],
         help="Run only these libraries (and/or the funnel).",
     )
+    parser.add_argument(
+        "--results",
+        metavar="NAME",
+        default=None,
+        help="quality: write bench/results/NAME.jsonl and NAME.log instead "
+        "of the suite's own (to run parts side by side; render them "
+        "together with --render-only).",
+    )
     parser.add_argument("--doc", default=DOC)
+    # `--suite train` (bench/train_suite.py).
+    parser.add_argument("--rows", type=int, help="train: training rows")
+    parser.add_argument(
+        "--train-epochs", dest="epochs_train", type=int, help="train: epochs"
+    )
+    parser.add_argument(
+        "--train-threads",
+        dest="threads_train",
+        type=int,
+        help="train: threads per library (default: all cores)",
+    )
+    parser.add_argument(
+        "--train-libraries",
+        dest="libraries",
+        nargs="+",
+        help="train: libraries",
+    )
+    parser.add_argument(
+        "--train-models", dest="models", nargs="+", help="train: models"
+    )
+    parser.add_argument(
+        "--train-datasets", dest="datasets", nargs="+", help="train: datasets"
+    )
+    # `--suite serve` (bench/serve_latency.py).
+    parser.add_argument(
+        "--serve-args",
+        nargs=argparse.REMAINDER,
+        help="serve: arguments for bench/serve_latency.py",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -1359,7 +1475,9 @@ def _parser():
     parser.add_argument(
         "--render-only",
         metavar="RESULTS_JSONL",
-        help="Only rewrite the doc section from a results file.",
+        nargs="+",
+        help="Only rewrite the doc section from results files (several: "
+        "parts of one run, e.g. made with --only and --results).",
     )
     parser.add_argument(
         "--write-doc",

@@ -9,8 +9,11 @@ TF Serving loads as is:
   are never overwritten; `version=None` takes the next integer.
 - `serving_default`: one named input per raw feature (float32 numeric,
   int64 ids, string categoricals; `(batch,)`, or `(batch, max_len)` for
-  sequences, batch first and unknown) and one named output per task plus
-  `score`, the in-graph fusion of the task outputs (see `fuse`). The
+  sequences, batch first and unknown) and one named output per task,
+  `(batch, 1)` (`(batch, classes)` for multiclass), plus `score`, the
+  in-graph fusion of the task outputs (see `fuse`), of shape `(batch,)`:
+  flatten a task output before combining it with `score` client-side, or
+  NumPy broadcasts `(n,) - (n, 1)` to `(n, n)`. The
   preprocessing (lookups, normalisation, missing values) is inside the
   graph; every input's shape is checked in the graph (`EnsureShape`), so a
   wrong width fails with INVALID_ARGUMENT instead of being reshaped.

@@ -197,6 +197,8 @@ def test_tasks_for_adapts_funnel_tasks():
         ("mmoe", dict(dropout=1.5), "dropout"),
         ("cgc", dict(num_levels=2), "num_levels"),
         ("omoe", dict(single_gate=False), "single_gate"),
+        ("mmoe", dict(tower_normalization="group"), "tower_normalization"),
+        ("ple", dict(expert_normalization="layer"), "expert_normalization"),
     ],
     ids=[
         "experts",
@@ -206,11 +208,50 @@ def test_tasks_for_adapts_funnel_tasks():
         "dropout",
         "cgc_levels",
         "omoe_gate",
+        "tower_normalization",
+        "expert_normalization",
     ],
 )
 def test_invalid_builder_arguments(architecture, kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.build(architecture, SPECS, TASKS, **kwargs)
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "omoe", "ple", "cgc"])
+@pytest.mark.parametrize(
+    "tower_normalization, expected",
+    [
+        ("default", keras.layers.LayerNormalization),
+        ("batch", keras.layers.BatchNormalization),
+        (None, None),
+    ],
+    ids=["default_layer", "batch", "none"],
+)
+def test_moe_builders_normalize_towers_and_experts(
+    architecture, tower_normalization, expected
+):
+    kwargs = dict(BUILD_CASES[architecture], tower_units=[8])
+    if tower_normalization != "default":
+        kwargs["tower_normalization"] = tower_normalization
+    model = models.build(
+        architecture, SPECS, TASKS, expert_normalization="batch", **kwargs
+    )
+    for task in TASKS:
+        tower = model.get_layer(f"tower_{task.name}")
+        assert [type(n) for n in tower.norm_layers] == (
+            [expected] if expected else []
+        )
+    sharing = [
+        layer
+        for layer in model.layers
+        if layer.name == "mmoe" or layer.name.startswith("ple_level")
+    ]
+    assert sharing
+    assert all(layer.expert_normalization == "batch" for layer in sharing)
+    x, y, sw = _arrays(TASKS, n=64)
+    models.compile_model(model, TASKS)
+    history = model.fit(x, y, sample_weight=sw, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
 
 
 def test_esmm_and_aitm_refuse_wrong_tasks():

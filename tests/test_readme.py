@@ -23,7 +23,9 @@ def test_quick_start_runs(capsys):
     printed = capsys.readouterr().out
     assert "click" in printed and "watch_time" in printed
     report = namespace["metrics"].evaluate_report(
-        namespace["model"], namespace["test_df"], namespace["tasks"],
+        namespace["model"],
+        namespace["test_df"],
+        namespace["tasks"],
         features=namespace["specs"],
     )
     assert isinstance(report, pd.DataFrame)

@@ -49,16 +49,48 @@ def _check_expert_units(expert_units):
         )
 
 
+_EXPERT_NORMALIZATIONS = (None, "batch")
+
+
+def _check_expert_normalization(expert_normalization):
+    if expert_normalization not in _EXPERT_NORMALIZATIONS:
+        raise ValueError(
+            "`expert_normalization` must be None or 'batch'. "
+            f"Received: expert_normalization={expert_normalization!r}"
+        )
+
+
+def _expert_batch_norm(layer, name, shape):
+    """A built `BatchNormalization` over a flattened stack of experts.
+
+    `shape` is the stacked expert output without the batch axis, e.g.
+    `(num_experts, units)`; the statistics, scale and offset are kept per
+    expert and unit (the flattened last axis), as if every expert were an
+    MLP with its own batch normalization.
+    """
+    norm = keras.layers.BatchNormalization(dtype=layer.dtype_policy, name=name)
+    norm.build((None, math.prod(shape)))
+    return norm
+
+
+def _apply_expert_norm(norm, x, training):
+    """Applies `_expert_batch_norm`'s layer to `(batch, *stack)` experts."""
+    stack = tuple(x.shape[1:])
+    x = norm(ops.reshape(x, (-1, math.prod(stack))), training=training)
+    return ops.reshape(x, (-1, *stack))
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class MMoELayer(keras.layers.Layer):
     """Multi-gate Mixture-of-Experts: shared experts, one softmax gate a task.
 
-    Every expert is an MLP (`expert_units` levels of Dense + activation +
-    dropout) applied to the same input. All experts of a level live in one
-    stacked kernel of shape `(num_experts, d_in, units)` applied with
-    `ops.einsum`. Task `k` gets a softmax gate `g_k(x) = softmax(x W_k + b_k)`
-    over the experts and its output is `sum_i g_k(x)_i * expert_i(x)`. With
-    `single_gate=True` every task shares one gate (OMoE in the paper).
+    Every expert is an MLP (`expert_units` levels of Dense + optional batch
+    normalization + activation + dropout) applied to the same input. All
+    experts of a level live in one stacked kernel of shape
+    `(num_experts, d_in, units)` applied with `ops.einsum`. Task `k` gets a
+    softmax gate `g_k(x) = softmax(x W_k + b_k)` over the experts and its
+    output is `sum_i g_k(x)_i * expert_i(x)`. With `single_gate=True` every
+    task shares one gate (OMoE in the paper).
 
     Args:
         num_experts: int. Number of experts. Must be positive.
@@ -69,6 +101,19 @@ class MMoELayer(keras.layers.Layer):
             level. Defaults to `"relu"`.
         expert_dropout: float. Dropout rate in `[0, 1)` after every expert
             level during training. Defaults to `0.0`.
+        expert_normalization: `None` or `"batch"`. With `"batch"`, every
+            expert level is `Dense -> BatchNormalization -> activation`,
+            with statistics, scale and offset per expert and unit (the
+            stacked `(batch, num_experts, units)` tensor is normalized as
+            `(batch, num_experts * units)`), and the expert kernels have no
+            bias (the offset replaces it). This is how torch-rechub builds
+            its experts. It speeds up training (UCI Adult: 16 epochs
+            instead of 30+), but normalizing the towers after the mixture
+            did more (`keras_mtl.models.mmoe`'s `tower_normalization`).
+            The moving statistics use Keras' momentum 0.99, so with few
+            steps per epoch they lag the training statistics for several
+            epochs; do not follow these experts with batch-normalized
+            towers then. Defaults to `None`.
         single_gate: bool. If `True`, one gate is shared by every task
             (OMoE). Defaults to `False`.
         return_gates: bool. If `True`, the call also returns the gate
@@ -84,7 +129,8 @@ class MMoELayer(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch, d)`.
-        training: bool. Whether expert dropout is active.
+        training: bool. Whether expert dropout and batch normalization run
+            in training mode.
 
     Returns:
         A list of `num_tasks` tensors of shape `(batch, expert_units[-1])`.
@@ -114,6 +160,7 @@ class MMoELayer(keras.layers.Layer):
         num_tasks,
         expert_activation="relu",
         expert_dropout=0.0,
+        expert_normalization=None,
         single_gate=False,
         return_gates=False,
         kernel_initializer="glorot_uniform",
@@ -137,6 +184,7 @@ class MMoELayer(keras.layers.Layer):
                 "`expert_dropout` must be a float in [0, 1). "
                 f"Received: expert_dropout={expert_dropout!r}"
             )
+        _check_expert_normalization(expert_normalization)
         if not isinstance(single_gate, bool):
             raise ValueError(
                 "`single_gate` must be a bool. "
@@ -154,6 +202,7 @@ class MMoELayer(keras.layers.Layer):
             keras.activations.get, "expert_activation", expert_activation
         )
         self.expert_dropout = float(expert_dropout)
+        self.expert_normalization = expert_normalization
         self.single_gate = single_gate
         self.return_gates = return_gates
         self.kernel_initializer = _get_or_raise(
@@ -175,6 +224,7 @@ class MMoELayer(keras.layers.Layer):
             )
         self.expert_kernels = []
         self.expert_biases = []
+        self.expert_norms = []
         d_in = input_dim
         for i, units in enumerate(self.expert_units):
             self.expert_kernels.append(
@@ -187,13 +237,22 @@ class MMoELayer(keras.layers.Layer):
                     regularizer=self.kernel_regularizer,
                 )
             )
-            self.expert_biases.append(
-                self.add_weight(
-                    name=f"expert_bias_{i}",
-                    shape=(self.num_experts, units),
-                    initializer="zeros",
+            if self.expert_normalization == "batch":
+                self.expert_norms.append(
+                    _expert_batch_norm(
+                        self,
+                        f"expert_batch_norm_{i}",
+                        (self.num_experts, units),
+                    )
                 )
-            )
+            else:
+                self.expert_biases.append(
+                    self.add_weight(
+                        name=f"expert_bias_{i}",
+                        shape=(self.num_experts, units),
+                        initializer="zeros",
+                    )
+                )
             d_in = units
         num_gates = 1 if self.single_gate else self.num_tasks
         self.gate_kernel = self.add_weight(
@@ -215,7 +274,11 @@ class MMoELayer(keras.layers.Layer):
         for i in range(len(self.expert_units)):
             if i > 0:
                 x = ops.einsum("bed,edu->beu", x, self.expert_kernels[i])
-            x = self.expert_activation(x + self.expert_biases[i])
+            if self.expert_norms:
+                x = _apply_expert_norm(self.expert_norms[i], x, training)
+            else:
+                x = x + self.expert_biases[i]
+            x = self.expert_activation(x)
             if training and self.expert_dropout > 0:
                 x = keras.random.dropout(
                     x, self.expert_dropout, seed=self.seed_generator
@@ -257,6 +320,7 @@ class MMoELayer(keras.layers.Layer):
                     self.expert_activation
                 ),
                 "expert_dropout": self.expert_dropout,
+                "expert_normalization": self.expert_normalization,
                 "single_gate": self.single_gate,
                 "return_gates": self.return_gates,
                 "kernel_initializer": keras.initializers.serialize(

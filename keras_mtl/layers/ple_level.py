@@ -6,7 +6,10 @@ from keras import ops
 from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.layers.mlp import _is_positive_int
 from keras_mtl.layers.mlp import _is_rate
+from keras_mtl.layers.mmoe_layer import _apply_expert_norm
+from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.layers.mmoe_layer import _check_expert_units
+from keras_mtl.layers.mmoe_layer import _expert_batch_norm
 from keras_mtl.layers.mmoe_layer import _per_expert_initializer
 
 
@@ -26,9 +29,10 @@ class PLELevel(keras.layers.Layer):
     single level with `is_last=True` is Customized Gate Control (CGC); PLE
     stacks levels, the last one with `is_last=True`.
 
-    Experts are MLPs (`expert_units` levels of Dense + activation + dropout)
-    whose kernels are stacked, `(num_tasks, num_task_experts, d_in, units)`
-    and `(num_shared_experts, d_in, units)`, and applied with `ops.einsum`.
+    Experts are MLPs (`expert_units` levels of Dense + optional batch
+    normalization + activation + dropout) whose kernels are stacked,
+    `(num_tasks, num_task_experts, d_in, units)` and
+    `(num_shared_experts, d_in, units)`, and applied with `ops.einsum`.
 
     Args:
         num_tasks: int. Number of tasks. Must be positive.
@@ -43,6 +47,11 @@ class PLELevel(keras.layers.Layer):
             level. Defaults to `"relu"`.
         expert_dropout: float. Dropout rate in `[0, 1)` after every expert
             level during training. Defaults to `0.0`.
+        expert_normalization: `None` or `"batch"`. With `"batch"`, every
+            expert level is `Dense -> BatchNormalization -> activation`,
+            with statistics, scale and offset per expert and unit, and the
+            expert kernels have no bias (the offset replaces it); see
+            `keras_mtl.layers.MMoELayer`. Defaults to `None`.
         return_gates: bool. If `True`, the call also returns the task gates.
             Defaults to `False`.
         kernel_initializer: str or `keras.initializers.Initializer`.
@@ -59,7 +68,8 @@ class PLELevel(keras.layers.Layer):
             `num_tasks + 1` tensors of shape `(batch, d)`: the task branches
             in task order, then the shared branch (the output of the previous
             level).
-        training: bool. Whether expert dropout is active.
+        training: bool. Whether expert dropout and batch normalization run
+            in training mode.
 
     Returns:
         A list of `num_tasks` tensors of shape `(batch, expert_units[-1])`,
@@ -98,6 +108,7 @@ class PLELevel(keras.layers.Layer):
         is_last=False,
         expert_activation="relu",
         expert_dropout=0.0,
+        expert_normalization=None,
         return_gates=False,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
@@ -128,6 +139,7 @@ class PLELevel(keras.layers.Layer):
                 "`expert_dropout` must be a float in [0, 1). "
                 f"Received: expert_dropout={expert_dropout!r}"
             )
+        _check_expert_normalization(expert_normalization)
         self.num_tasks = num_tasks
         self.num_task_experts = num_task_experts
         self.num_shared_experts = num_shared_experts
@@ -137,6 +149,7 @@ class PLELevel(keras.layers.Layer):
             keras.activations.get, "expert_activation", expert_activation
         )
         self.expert_dropout = float(expert_dropout)
+        self.expert_normalization = expert_normalization
         self.return_gates = return_gates
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
@@ -186,18 +199,18 @@ class PLELevel(keras.layers.Layer):
         shared_e = self.num_shared_experts
         self.task_expert_kernels = []
         self.task_expert_biases = []
+        self.task_expert_norms = []
         self.shared_expert_kernels = []
         self.shared_expert_biases = []
+        self.shared_expert_norms = []
+        batch_norm = self.expert_normalization == "batch"
         d_in = input_dim
         for i, units in enumerate(self.expert_units):
+            task_shape = (num_tasks, task_e, units)
+            shared_shape = (shared_e, units)
             self.task_expert_kernels.append(
                 self._add_kernel(
                     f"task_expert_kernel_{i}", (num_tasks, task_e, d_in, units)
-                )
-            )
-            self.task_expert_biases.append(
-                self._add_bias(
-                    f"task_expert_bias_{i}", (num_tasks, task_e, units)
                 )
             )
             self.shared_expert_kernels.append(
@@ -205,9 +218,24 @@ class PLELevel(keras.layers.Layer):
                     f"shared_expert_kernel_{i}", (shared_e, d_in, units)
                 )
             )
-            self.shared_expert_biases.append(
-                self._add_bias(f"shared_expert_bias_{i}", (shared_e, units))
-            )
+            if batch_norm:
+                self.task_expert_norms.append(
+                    _expert_batch_norm(
+                        self, f"task_expert_batch_norm_{i}", task_shape
+                    )
+                )
+                self.shared_expert_norms.append(
+                    _expert_batch_norm(
+                        self, f"shared_expert_batch_norm_{i}", shared_shape
+                    )
+                )
+            else:
+                self.task_expert_biases.append(
+                    self._add_bias(f"task_expert_bias_{i}", task_shape)
+                )
+                self.shared_expert_biases.append(
+                    self._add_bias(f"shared_expert_bias_{i}", shared_shape)
+                )
             d_in = units
         self.task_gate_kernel = self._add_kernel(
             "task_gate_kernel", (num_tasks, input_dim, task_e + shared_e)
@@ -224,7 +252,11 @@ class PLELevel(keras.layers.Layer):
             )
         self.built = True
 
-    def _activate(self, x, training):
+    def _activate(self, x, biases, norms, i, training):
+        if norms:
+            x = _apply_expert_norm(norms[i], x, training)
+        else:
+            x = x + biases[i]
         x = self.expert_activation(x)
         if training and self.expert_dropout > 0:
             x = keras.random.dropout(
@@ -246,14 +278,20 @@ class PLELevel(keras.layers.Layer):
         task_h, shared_h = task_x, shared_x
         for i in range(len(self.expert_units)):
             eq = task_eq if i == 0 else "bted,tedu->bteu"
-            task_h = ops.einsum(eq, task_h, self.task_expert_kernels[i])
             task_h = self._activate(
-                task_h + self.task_expert_biases[i], training
+                ops.einsum(eq, task_h, self.task_expert_kernels[i]),
+                self.task_expert_biases,
+                self.task_expert_norms,
+                i,
+                training,
             )
             eq = "bd,edu->beu" if i == 0 else "bed,edu->beu"
-            shared_h = ops.einsum(eq, shared_h, self.shared_expert_kernels[i])
             shared_h = self._activate(
-                shared_h + self.shared_expert_biases[i], training
+                ops.einsum(eq, shared_h, self.shared_expert_kernels[i]),
+                self.shared_expert_biases,
+                self.shared_expert_norms,
+                i,
+                training,
             )
         # Task gates: (batch, num_tasks, num_task_experts + shared_experts).
         gates = ops.softmax(
@@ -313,6 +351,7 @@ class PLELevel(keras.layers.Layer):
                     self.expert_activation
                 ),
                 "expert_dropout": self.expert_dropout,
+                "expert_normalization": self.expert_normalization,
                 "return_gates": self.return_gates,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer

@@ -45,6 +45,15 @@ def _check_units(name, units, allow_empty=False):
     return units
 
 
+def _check_normalization(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, allowed))}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def _check_common(features, tasks, tower_units, dropout):
     features = features_lib.validate_features(features)
     tasks = validate_tasks(tasks)
@@ -113,7 +122,7 @@ def task_head(task, name=None):
     )
 
 
-def tower(task, units, activation, dropout, prefix="tower"):
+def tower(task, units, activation, dropout, prefix="tower", normalization=None):
     """A task tower (`MLP`), or None when `units` is empty."""
     if not units:
         return None
@@ -121,14 +130,19 @@ def tower(task, units, activation, dropout, prefix="tower"):
         units,
         activation=activation,
         dropout=dropout,
+        normalization=normalization,
         name=f"{prefix}_{task.name}",
     )
 
 
-def _towers_and_heads(task_inputs, tasks, tower_units, activation, dropout):
+def _towers_and_heads(
+    task_inputs, tasks, tower_units, activation, dropout, normalization=None
+):
     outputs = {}
     for task, h in zip(tasks, task_inputs):
-        layer = tower(task, tower_units, activation, dropout)
+        layer = tower(
+            task, tower_units, activation, dropout, normalization=normalization
+        )
         if layer is not None:
             h = layer(h)
         outputs[task.name] = task_head(task)(h)
@@ -253,6 +267,24 @@ _COMMON_ARGS = """
             in `shared_bottom`."""
 
 
+# Normalization inside the task towers of the mixture-of-experts builders.
+TOWER_NORMALIZATIONS = ("layer", "batch", None)
+
+_TOWER_NORMALIZATION_ARG = """
+        tower_normalization: `"layer"`, `"batch"` or `None`. Normalization
+            between each tower Dense and its activation (`MLP`'s
+            `normalization`; no effect without towers). A softmax gate
+            mixes the experts into a vector of smaller scale than one
+            expert's output (softly gated experts average out), which slows
+            the towers' training; normalizing restores the scale. With
+            `None`, MMoE and PLE trail a shared-bottom model on UCI Adult
+            and are still improving at 30 epochs; with `"layer"` they
+            match or beat it and stop early (`docs/BENCHMARKS.md`).
+            `"layer"` has no moving statistics, so training and serving
+            compute the same function at any batch size. Defaults to
+            `"layer"`."""
+
+
 def shared_embedding_towers(
     features,
     tasks,
@@ -298,6 +330,8 @@ def mmoe(
     activation="relu",
     dropout=0.0,
     single_gate=False,
+    expert_normalization=None,
+    tower_normalization="layer",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="mmoe",
@@ -310,6 +344,9 @@ def mmoe(
             `(64,)`.{common}
         single_gate: bool. One gate for every task (OMoE). Defaults to
             `False`.
+        expert_normalization: `None` or `"batch"`: batch normalization
+            inside every expert level (see `MMoELayer`). Defaults to
+            `None`.{tower_normalization}
         name: str. Model name.
 
     Returns:
@@ -330,19 +367,28 @@ def mmoe(
         features, tasks, tower_units, dropout
     )
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
+    _check_normalization(
+        "tower_normalization", tower_normalization, TOWER_NORMALIZATIONS
+    )
     experts = MMoELayer(
         num_experts=num_experts,
         expert_units=list(expert_units),
         num_tasks=len(tasks),
         expert_activation=activation,
         expert_dropout=dropout,
+        expert_normalization=expert_normalization,
         single_gate=single_gate,
         name="mmoe",
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
     outputs = _towers_and_heads(
-        experts(x), tasks, tower_units, activation, dropout
+        experts(x),
+        tasks,
+        tower_units,
+        activation,
+        dropout,
+        normalization=tower_normalization,
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
     return keras.Model(inputs, outputs, name=name)
@@ -379,6 +425,8 @@ def ple(
     tower_units=(32,),
     activation="relu",
     dropout=0.0,
+    expert_normalization=None,
+    tower_normalization="layer",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="ple",
@@ -393,6 +441,9 @@ def ple(
         num_shared_experts: int. Shared experts per level. Defaults to `1`.
         expert_units: list of int. Hidden layers of each expert. Defaults to
             `(64,)`.{common}
+        expert_normalization: `None` or `"batch"`: batch normalization
+            inside every expert level (see `PLELevel`). Defaults to
+            `None`.{tower_normalization}
         name: str. Model name.
 
     Returns:
@@ -422,6 +473,9 @@ def ple(
             "`num_levels` must be a positive integer. "
             f"Received: num_levels={num_levels!r}"
         )
+    _check_normalization(
+        "tower_normalization", tower_normalization, TOWER_NORMALIZATIONS
+    )
     levels = [
         PLELevel(
             num_tasks=len(tasks),
@@ -431,6 +485,7 @@ def ple(
             is_last=level == num_levels - 1,
             expert_activation=activation,
             expert_dropout=dropout,
+            expert_normalization=expert_normalization,
             name=f"ple_level_{level}",
         )
         for level in range(num_levels)
@@ -441,7 +496,12 @@ def ple(
     for level in levels:
         branches = level(branches)
     outputs = _towers_and_heads(
-        branches, tasks, tower_units, activation, dropout
+        branches,
+        tasks,
+        tower_units,
+        activation,
+        dropout,
+        normalization=tower_normalization,
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
     return keras.Model(inputs, outputs, name=name)
@@ -573,9 +633,9 @@ def esmm(
     h_cvr = cvr_tower(x) if cvr_tower else x
     p_ctr, p_cvr, p_ctcvr = head([ctr_logit(h_ctr), cvr_logit(h_cvr)])
     outputs = {
-        "ctr": keras.layers.Identity(name="ctr")(p_ctr),
-        "cvr": keras.layers.Identity(name="cvr")(p_cvr),
-        "ctcvr": keras.layers.Identity(name="ctcvr")(p_ctcvr),
+        "ctr": keras.layers.Identity(dtype="float32", name="ctr")(p_ctr),
+        "cvr": keras.layers.Identity(dtype="float32", name="cvr")(p_cvr),
+        "ctcvr": keras.layers.Identity(dtype="float32", name="ctcvr")(p_ctcvr),
     }
     return keras.Model(inputs, outputs, name=name)
 
@@ -659,7 +719,9 @@ def aitm(
     outputs = {}
     z_prev = towers[0](x)
     p_prev = heads[0](z_prev)
-    outputs[tasks[0].name] = keras.layers.Identity(name=tasks[0].name)(p_prev)
+    outputs[tasks[0].name] = keras.layers.Identity(
+        dtype="float32", name=tasks[0].name
+    )(p_prev)
     for k in range(1, len(tasks)):
         z = transfers[k - 1]([z_prev, towers[k](x)])
         p = heads[k](z)
@@ -739,17 +801,29 @@ def compile_model(
             }
         )
     kwargs.setdefault("weighted_metrics", weighted)
+    from keras_mtl.models import encoded as encoded_lib
+
+    # An encoded twin (the fast path) is compiled with XLA unless told
+    # otherwise; Keras alone would refuse it for the unused lookup layers.
+    jit = kwargs.get("jit_compile", "auto")
+    twin = encoded_lib.is_encoded(model) and jit in (True, "auto")
+    if twin:
+        kwargs["jit_compile"] = False
     model.compile(
         optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
         **kwargs,
     )
+    if twin:
+        encoded_lib.force_jit(model)
     return model
 
 
 for _builder in (shared_embedding_towers, mmoe, ple):
-    _builder.__doc__ = _builder.__doc__.replace("{common}", _COMMON_ARGS)
+    _builder.__doc__ = _builder.__doc__.replace(
+        "{common}", _COMMON_ARGS
+    ).replace("{tower_normalization}", _TOWER_NORMALIZATION_ARG)
 
 BUILDERS = {
     "shared_bottom": shared_bottom,

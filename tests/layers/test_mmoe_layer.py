@@ -31,13 +31,29 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _reference(layer, x):
-    """Loop-per-expert NumPy MMoE with the layer's weights (relu experts)."""
+def _batch_norm(h, training):
+    """Fresh `BatchNormalization` (gamma 1, beta 0, epsilon 1e-3) in NumPy."""
+    if training:
+        return (h - h.mean(axis=0)) / np.sqrt(h.var(axis=0) + 1e-3)
+    return h / np.sqrt(1.0 + 1e-3)  # moving mean 0, moving variance 1
+
+
+def _reference(layer, x, training=False):
+    """Loop-per-expert NumPy MMoE with the layer's weights (relu experts).
+
+    With `expert_normalization="batch"`, every expert level is normalized
+    on its own, as a freshly built batch normalization would.
+    """
     experts = []
     for e in range(layer.num_experts):
         h = x
-        for kernel, bias in zip(layer.expert_kernels, layer.expert_biases):
-            h = np.maximum(h @ _np(kernel)[e] + _np(bias)[e], 0.0)
+        for i, kernel in enumerate(layer.expert_kernels):
+            h = h @ _np(kernel)[e]
+            if layer.expert_normalization == "batch":
+                h = _batch_norm(h, training)
+            else:
+                h = h + _np(layer.expert_biases[i])[e]
+            h = np.maximum(h, 0.0)
         experts.append(h)
     experts = np.stack(experts, axis=1)  # (batch, experts, units)
     outputs, gates = [], []
@@ -56,6 +72,7 @@ def test_config_round_trip():
         num_tasks=2,
         expert_activation="tanh",
         expert_dropout=0.2,
+        expert_normalization="batch",
         single_gate=True,
         return_gates=True,
         kernel_initializer="he_uniform",
@@ -98,6 +115,54 @@ def test_matches_per_expert_reference():
     expected_outputs, expected_gates = _reference(layer, x)
     np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
     for out, expected in zip(outputs, expected_outputs):
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+def test_batch_norm_matches_per_expert_reference(training):
+    layer = MMoELayer(
+        3, [6, 4], 2, expert_normalization="batch", return_gates=True
+    )
+    x = _x(batch=16)
+    outputs, gates = layer(x, training=training)
+    expected_outputs, expected_gates = _reference(layer, x, training)
+    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
+    for out, expected in zip(outputs, expected_outputs):
+        assert np.any(expected != 0.0)
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_replaces_expert_biases():
+    layer = MMoELayer(3, [6, 4], 2, expert_normalization="batch")
+    layer.build((None, 5))
+    assert layer.expert_biases == []
+    names = sorted(w.path.split("/", 1)[1] for w in layer.trainable_weights)
+    assert names == [
+        "expert_batch_norm_0/beta",
+        "expert_batch_norm_0/gamma",
+        "expert_batch_norm_1/beta",
+        "expert_batch_norm_1/gamma",
+        "expert_kernel_0",
+        "expert_kernel_1",
+        "gate_bias",
+        "gate_kernel",
+    ]
+    # Scale and offset per expert and unit.
+    assert tuple(layer.expert_norms[1].gamma.shape) == (3 * 4,)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+def test_one_expert_with_batch_norm_equals_batch_norm_mlp(training):
+    mmoe = MMoELayer(1, [6, 4], 2, expert_normalization="batch")
+    bottom = MLP([6, 4], normalization="batch")
+    x = _x(batch=8)
+    mmoe(x)
+    bottom(x)
+    for i, dense in enumerate(bottom.dense_layers):
+        dense.kernel.assign(mmoe.expert_kernels[i][0])
+    expected = _np(bottom(x, training=training))
+    assert np.any(expected != 0.0)
+    for out in mmoe(x, training=training):
         np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -207,9 +272,41 @@ def test_one_step_fit_updates_weights():
     assert all(not np.allclose(b, a) for b, a in zip(before, after))
 
 
-def test_mixed_bfloat16(mixed_bfloat16):
-    layer = MMoELayer(3, [4, 2], 2, return_gates=True)
-    outputs, gates = layer(_x())
+def test_batch_norm_moving_statistics_update_in_fit():
+    inputs = keras.Input((5,))
+    task_a, task_b = MMoELayer(
+        3, [6, 4], 2, expert_normalization="batch", name="mmoe"
+    )(inputs)
+    model = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(1, name="a")(task_a),
+            "b": keras.layers.Dense(1, name="b")(task_b),
+        },
+    )
+    model.compile(
+        optimizer="sgd", loss={"a": "mse", "b": "mse"}, jit_compile=False
+    )
+    layer = model.get_layer("mmoe")
+    moving_mean = layer.expert_norms[0].moving_mean
+    assert np.all(_np(moving_mean) == 0.0)
+    model.fit(_x(8), {"a": np.ones((8, 1)), "b": np.zeros((8, 1))}, verbose=0)
+    assert np.all(np.isfinite(_np(moving_mean)))
+    assert np.any(_np(moving_mean) != 0.0)
+
+
+@pytest.mark.parametrize(
+    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+)
+def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
+    layer = MMoELayer(
+        3,
+        [4, 2],
+        2,
+        expert_normalization=expert_normalization,
+        return_gates=True,
+    )
+    outputs, gates = layer(_x(), training=True)
     for tensor in [*outputs, gates]:
         assert keras.backend.standardize_dtype(tensor.dtype) == "bfloat16"
     assert all(
@@ -237,6 +334,8 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"return_gates": 1}, "return_gates"),
         ({"expert_activation": "nope"}, "expert_activation"),
         ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
+        ({"expert_normalization": "layer"}, "expert_normalization"),
+        ({"expert_normalization": True}, "expert_normalization"),
     ],
     ids=[
         "zero_experts",
@@ -250,6 +349,8 @@ def test_mixed_bfloat16(mixed_bfloat16):
         "int_return_gates",
         "unknown_activation",
         "unknown_regularizer",
+        "layer_normalization",
+        "bool_normalization",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -259,10 +360,20 @@ def test_invalid_arguments(kwargs, name):
         MMoELayer(**arguments)
 
 
-def test_keras_save_and_load(tmp_path):
+@pytest.mark.parametrize(
+    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+)
+def test_keras_save_and_load(tmp_path, expert_normalization):
     inputs = keras.Input((5,))
-    task_a, task_b = MMoELayer(3, [4], 2, name="mmoe")(inputs)
+    task_a, task_b = MMoELayer(
+        3, [4], 2, expert_normalization=expert_normalization, name="mmoe"
+    )(inputs)
     model = keras.Model(inputs, {"a": task_a, "b": task_b})
+    if expert_normalization:
+        # Non-trivial moving statistics, so that saving them is tested.
+        for norm in model.get_layer("mmoe").expert_norms:
+            norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
+            norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
     path = tmp_path / "mmoe.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

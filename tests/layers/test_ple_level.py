@@ -50,22 +50,35 @@ def _softmax(logits):
 
 
 def _mlp(x, kernels, biases):
-    for kernel, bias in zip(kernels, biases):
-        x = np.maximum(x @ kernel + bias, 0.0)
+    """A relu expert; `biases=None`: freshly built batch norm (training)."""
+    for i, kernel in enumerate(kernels):
+        x = x @ kernel
+        if biases is None:
+            x = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-3)
+        else:
+            x = x + biases[i]
+        x = np.maximum(x, 0.0)
     return x
 
 
 def _reference(layer, inputs):
-    """Loop-per-expert NumPy PLE level with the layer's weights."""
+    """Loop-per-expert NumPy PLE level with the layer's weights.
+
+    With `expert_normalization="batch"`, every expert level is normalized
+    on its own with the batch statistics (training mode).
+    """
     if not isinstance(inputs, list):
         inputs = [inputs] * (layer.num_tasks + 1)
+    batch_norm = layer.expert_normalization == "batch"
     task_kernels = [_np(k) for k in layer.task_expert_kernels]
     task_biases = [_np(b) for b in layer.task_expert_biases]
     shared = [
         _mlp(
             inputs[-1],
             [_np(k)[e] for k in layer.shared_expert_kernels],
-            [_np(b)[e] for b in layer.shared_expert_biases],
+            None
+            if batch_norm
+            else [_np(b)[e] for b in layer.shared_expert_biases],
         )
         for e in range(layer.num_shared_experts)
     ]
@@ -75,7 +88,7 @@ def _reference(layer, inputs):
             _mlp(
                 inputs[t],
                 [k[t, e] for k in task_kernels],
-                [b[t, e] for b in task_biases],
+                None if batch_norm else [b[t, e] for b in task_biases],
             )
             for e in range(layer.num_task_experts)
         ]
@@ -101,6 +114,7 @@ def test_config_round_trip():
         is_last=True,
         expert_activation="gelu",
         expert_dropout=0.1,
+        expert_normalization="batch",
         return_gates=True,
         kernel_initializer="he_normal",
         kernel_regularizer="l1",
@@ -152,6 +166,47 @@ def test_matches_per_expert_reference(is_last, list_inputs):
     assert len(outputs) == len(expected)
     for out, exp in zip(outputs, expected):
         np.testing.assert_allclose(_np(out), exp, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "is_last, list_inputs",
+    [(False, False), (False, True), (True, True)],
+    ids=["first_level", "middle_level", "last_level"],
+)
+def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
+    layer = _level(is_last=is_last, expert_normalization="batch")
+    inputs = _branches(batch=16) if list_inputs else _x(batch=16)
+    outputs = layer(inputs, training=True)
+    expected = _reference(layer, inputs)
+    assert len(outputs) == len(expected)
+    for out, exp in zip(outputs, expected):
+        assert np.any(exp != 0.0)
+        np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_replaces_expert_biases_and_infers_with_moving_stats():
+    layer = _level(is_last=True, expert_normalization="batch")
+    x = _x(batch=16)
+    layer(x)
+    assert layer.task_expert_biases == layer.shared_expert_biases == []
+    # Statistics, scale and offset per expert and unit.
+    assert tuple(layer.task_expert_norms[0].gamma.shape) == (NUM_TASKS * 2 * 6,)
+    assert tuple(layer.shared_expert_norms[1].gamma.shape) == (2 * 4,)
+    # Fresh moving statistics (mean 0, variance 1): inference divides by
+    # sqrt(1 + epsilon), so the biasless level is that much smaller than a
+    # plain one with the same kernels (relu is positively homogeneous).
+    plain = _level(is_last=True)
+    plain(x)
+    for name in ("task_expert_kernels", "shared_expert_kernels"):
+        for mine, theirs in zip(getattr(layer, name), getattr(plain, name)):
+            theirs.assign(mine)
+    for name in ("task_gate_kernel", "task_gate_bias"):
+        getattr(plain, name).assign(getattr(layer, name))
+    scale = (1.0 + 1e-3) ** -(len(layer.expert_units) / 2)
+    for out, ref in zip(layer(x, training=False), plain(x)):
+        np.testing.assert_allclose(
+            _np(out), scale * _np(ref), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_exact_values_with_ones():
@@ -231,9 +286,34 @@ def test_two_level_ple_one_step_fit():
     assert all(not np.allclose(b, a) for b, a in zip(before, after))
 
 
-def test_mixed_bfloat16(mixed_bfloat16):
-    layer = _level(return_gates=True)
-    outputs, gates = layer(_branches())
+def test_batch_norm_moving_statistics_update_in_fit():
+    inputs = keras.Input((5,))
+    level = _level(expert_units=[8], expert_normalization="batch")
+    towers = _level(expert_units=[4], is_last=True)(level(inputs))
+    names = [f"task_{t}" for t in range(NUM_TASKS)]
+    model = keras.Model(
+        inputs,
+        {n: keras.layers.Dense(1, name=n)(h) for n, h in zip(names, towers)},
+    )
+    model.compile(
+        optimizer="sgd", loss={n: "mse" for n in names}, jit_compile=False
+    )
+    norms = level.task_expert_norms + level.shared_expert_norms
+    assert all(np.all(_np(n.moving_mean) == 0.0) for n in norms)
+    model.fit(
+        _x(8), {n: np.ones((8, 1)) for n in names}, batch_size=8, verbose=0
+    )
+    for norm in norms:
+        assert np.all(np.isfinite(_np(norm.moving_mean)))
+        assert np.any(_np(norm.moving_mean) != 0.0)
+
+
+@pytest.mark.parametrize(
+    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+)
+def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
+    layer = _level(return_gates=True, expert_normalization=expert_normalization)
+    outputs, gates = layer(_branches(), training=True)
     for tensor in [*outputs, gates]:
         assert keras.backend.standardize_dtype(tensor.dtype) == "bfloat16"
     assert all(
@@ -253,6 +333,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"return_gates": None}, "return_gates"),
         ({"expert_dropout": 2.0}, "expert_dropout"),
         ({"expert_activation": "nope"}, "expert_activation"),
+        ({"expert_normalization": "layer"}, "expert_normalization"),
     ],
     ids=[
         "zero_tasks",
@@ -263,6 +344,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         "none_return_gates",
         "dropout_two",
         "unknown_activation",
+        "layer_normalization",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -275,11 +357,21 @@ def test_wrong_number_of_branches():
         _level()(_branches()[:3])
 
 
-def test_keras_save_and_load(tmp_path):
+@pytest.mark.parametrize(
+    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+)
+def test_keras_save_and_load(tmp_path, expert_normalization):
     inputs = keras.Input((5,))
-    branches = _level(expert_units=[4], name="level_1")(inputs)
-    towers = _level(expert_units=[3], is_last=True, name="level_2")(branches)
+    kwargs = {"expert_normalization": expert_normalization}
+    branches = _level(expert_units=[4], name="level_1", **kwargs)(inputs)
+    towers = _level(expert_units=[3], is_last=True, name="level_2", **kwargs)(
+        branches
+    )
     model = keras.Model(inputs, towers)
+    for norm in model.get_layer("level_2").shared_expert_norms:
+        # Non-trivial moving statistics, so that saving them is tested.
+        norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
+        norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
     path = tmp_path / "ple.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
