@@ -84,14 +84,13 @@ CONSTRUCTORS = {
     ),
     ("keras_mtl", "mmoe"): (
         "keras_mtl.models.mmoe(features, tasks, num_experts=8, "
-        "expert_units=(64,), tower_units=(32,))` with its default "
-        "`tower_normalization='layer'"
+        "expert_units=(64,), tower_units=(32,), "
+        "tower_normalization='layer')"
     ),
     ("keras_mtl", "ple"): (
         "keras_mtl.models.ple(features, tasks, num_levels=1, "
         "num_task_experts=2, num_shared_experts=1, expert_units=(64,), "
-        "tower_units=(32,))` with its default "
-        "`tower_normalization='layer'"
+        "tower_units=(32,), tower_normalization='layer')"
     ),
     ("torch_rechub", "shared_bottom"): (
         "SharedBottom(features, task_types=['classification'] * 2, "
@@ -296,6 +295,7 @@ def _adult_keras_mtl(args):
                 num_experts=8,
                 expert_units=(64,),
                 tower_units=(32,),
+                tower_normalization="layer",
             )
         if args.model == "ple":
             return models.ple(
@@ -306,6 +306,7 @@ def _adult_keras_mtl(args):
                 num_shared_experts=1,
                 expert_units=(64,),
                 tower_units=(32,),
+                tower_normalization="layer",
             )
         raise ValueError(f"Unknown model {args.model!r}")
 
@@ -1441,6 +1442,18 @@ def _parser():
     parser.add_argument("--rows", type=int, help="train: training rows")
     parser.add_argument(
         "--train-epochs", dest="epochs_train", type=int, help="train: epochs"
+    )
+    parser.add_argument(
+        "--train-batch-size",
+        dest="batch_size_train",
+        type=int,
+        help="train: batch size (default 1024; 4k-64k on a GPU host)",
+    )
+    parser.add_argument(
+        "--train-policy",
+        dest="policy_train",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        help="train: Keras dtype policy (GPU: mixed_bfloat16/float16)",
     )
     parser.add_argument(
         "--train-threads",

@@ -255,8 +255,14 @@ def keras_mtl_model(args, vocab, dense, labels):
     return features, tasks, model
 
 
+def _keras_policy(keras, args):
+    if args.policy != "float32":
+        keras.config.set_dtype_policy(args.policy)
+
+
 def _keras_mtl(args, raw=False):
     keras = bench._keras_setup(args.seed)
+    _keras_policy(keras, args)
     import numpy as np
 
     from keras_mtl import data as data_lib
@@ -269,7 +275,12 @@ def _keras_mtl(args, raw=False):
     if raw:
         train_model = model
         ds = data_lib.from_dataframe(
-            train, features, tasks, BATCH, shuffle=True, seed=args.seed
+            train,
+            features,
+            tasks,
+            args.batch_size,
+            shuffle=True,
+            seed=args.seed,
         )
     else:
         train_model = models.encoded_model(model)
@@ -277,7 +288,7 @@ def _keras_mtl(args, raw=False):
             train,
             features,
             tasks,
-            BATCH,
+            args.batch_size,
             shuffle=True,
             seed=args.seed,
             encode_with=model,
@@ -320,6 +331,7 @@ def _deepctr(args):
 
     requests.get = _no_network  # DeepCTR's version check at import
     keras = bench._keras_setup(args.seed)
+    _keras_policy(keras, args)
     from deepctr.feature_column import DenseFeat
     from deepctr.feature_column import SparseFeat
     from deepctr.models.multitask import ESMM
@@ -376,7 +388,7 @@ def _deepctr(args):
     model.fit(
         x_tr,
         [y_tr[t].reshape(-1, 1) for t in labels],
-        batch_size=BATCH,
+        batch_size=args.batch_size,
         epochs=args.epochs,
         shuffle=True,
         verbose=0,
@@ -457,8 +469,8 @@ def _torch_rechub(args):
         clock.epoch_begin()
         model.train()
         order = torch.randperm(n, generator=generator)
-        for i in range(0, n, BATCH):
-            idx = order[i : i + BATCH]
+        for i in range(0, n, args.batch_size):
+            idx = order[i : i + args.batch_size]
             out = model({k: v[idx] for k, v in t_tr.items()})
             y = target[idx]
             if args.model == "esmm":
@@ -511,7 +523,8 @@ def worker_train(args):
         "library": args.library,
         "seed": args.seed,
         "rows": train_rows,
-        "batch_size": BATCH,
+        "batch_size": args.batch_size,
+        "policy": args.policy,
         "epochs": [dict(e) for e in clock.epochs],
         "samples_per_s": samples_per_s,
         "samples_per_cpu_s": train_rows / cpu,
@@ -562,8 +575,16 @@ def suite_train(opts):
     rows = opts.rows or (100_000 if opts.quick else ROWS)
     epochs = opts.epochs_train or (2 if opts.quick else EPOCHS)
     threads = opts.threads_train or os.cpu_count()
+    # On a GPU host: larger batches and a mixed policy (keras-mtl and
+    # DeepCTR through Keras' global dtype policy; torch-rechub stays
+    # float32).
+    batch_size = opts.batch_size_train or BATCH
+    policy = opts.policy_train or "float32"
     os.makedirs(bench.RESULTS_DIR, exist_ok=True)
     name = "train-quick" if opts.quick else "train"
+    if batch_size != BATCH or policy != "float32":
+        # A GPU-host run gets its own results file and doc section.
+        name += f"-{batch_size}-{policy}"
     results_path = os.path.join(bench.RESULTS_DIR, f"{name}.jsonl")
     env = bench._thread_env(threads)
     meta = {
@@ -574,6 +595,8 @@ def suite_train(opts):
         "rows": rows,
         "epochs": epochs,
         "threads": threads,
+        "batch_size": batch_size,
+        "policy": policy,
         "load_average_start": os.getloadavg(),
     }
     meta.update(bench._run_worker(opts.python, "versions", [], env_extra=env))
@@ -592,6 +615,8 @@ def suite_train(opts):
                 "--rows", str(rows),
                 "--epochs", str(epochs),
                 "--threads", str(threads),
+                "--batch-size", str(batch_size),
+                "--policy", policy,
                 "--data-dir", opts.data_dir,
             ]  # fmt: skip
             record = _run(opts.python, "train", extra, env, log)
@@ -603,7 +628,7 @@ def suite_train(opts):
     meta["load_average_end"] = os.getloadavg()
     if opts.write_doc:
         bench.write_section(
-            opts.doc, "train", render_train(meta, records, results_path)
+            opts.doc, name, render_train(meta, records, results_path)
         )
     return records
 
@@ -667,7 +692,9 @@ def render_train(meta, records, results_path):
         "shared the cores when it is above ~0.5).",
         f"- Date: {meta.get('date')}; revision {meta.get('revision')}.",
         f"- Command: `{meta.get('command')}`",
-        f"- {meta.get('rows'):,} training rows, batch {BATCH}, "
+        f"- {meta.get('rows'):,} training rows, batch "
+        f"{meta.get('batch_size', BATCH)}, dtype policy "
+        f"{meta.get('policy') or 'float32'}, "
         f"{meta.get('epochs')} epochs, {meta.get('threads')} threads per "
         "library; one process per run, run one after the other.",
         f"- Versions: {_versions(meta)}.",
@@ -771,6 +798,12 @@ def _worker_parser():
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    parser.add_argument(
+        "--policy",
+        default="float32",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+    )
     parser.add_argument("--data-dir", default=bench.DATA_DIR)
     return parser
 

@@ -221,11 +221,12 @@ def test_invalid_builder_arguments(architecture, kwargs, message):
 @pytest.mark.parametrize(
     "tower_normalization, expected",
     [
-        ("default", keras.layers.LayerNormalization),
+        ("default", None),
+        ("layer", keras.layers.LayerNormalization),
         ("batch", keras.layers.BatchNormalization),
         (None, None),
     ],
-    ids=["default_layer", "batch", "none"],
+    ids=["default_none", "layer", "batch", "none"],
 )
 def test_moe_builders_normalize_towers_and_experts(
     architecture, tower_normalization, expected
