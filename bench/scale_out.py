@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -91,22 +90,11 @@ def worker(args):
 # --------------------------------------------------------------------------
 # Orchestration.
 # --------------------------------------------------------------------------
-def _free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def run_config(num_workers, args, tmp_dir):
     """Runs one cluster to completion; returns the chief's record."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(num_workers)]}
+    from keras_mtl.distribute import free_ports
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(num_workers)]}
     procs, outs, logs = [], [], []
     try:
         for i in range(num_workers):

@@ -675,3 +675,20 @@ def files_dataset_fn(
         return ds.repeat() if repeat else ds
 
     return dataset_fn
+
+
+def free_ports(n):
+    """`n` distinct free TCP ports on 127.0.0.1, for a local loopback
+    cluster (`TF_CONFIG` of workers on one machine: tests, benchmarks)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

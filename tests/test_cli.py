@@ -248,12 +248,12 @@ def test_train_distributed_single_worker_saves_and_resumes(
 @pytest.mark.slow
 def test_train_distributed_two_workers_through_the_cli(tmp_path):
     from test_distribute import _env
-    from test_distribute import _free_ports
     from test_distribute import _kill
     from test_distribute import _wait
 
     from keras_mtl import data
     from keras_mtl import features as F
+    from keras_mtl.distribute import free_ports
 
     df = datasets.synthetic_funnel(1200, seed=1, num_users=60, num_items=40)
     df = df.drop(columns=["hist_item_ids"])
@@ -283,7 +283,7 @@ def test_train_distributed_two_workers_through_the_cli(tmp_path):
         "output_dir": str(out),
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     try:
         for i in range(2):

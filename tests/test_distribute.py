@@ -11,13 +11,14 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from keras_mtl.distribute import free_ports
 
 HERE = pathlib.Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -56,19 +57,6 @@ def _run(args, env=None):
             proc.communicate()
     assert proc.returncode == 0, out[-4000:]
     return out
-
-
-def _free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _write_shards(tmp_path, num_files=4, rows=2560):
@@ -370,7 +358,7 @@ def test_global_count_reduction_equals_single_process_masked_mean(tmp_path):
 
 def _start_workers(tmp_path, out_dir, pattern, ckpt, slow_after, tag):
     """Starts two loopback workers; their output goes to log files."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(2):
