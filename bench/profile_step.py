@@ -11,8 +11,10 @@ pieces of a step in isolation, each compiled the way `fit` compiles it
 2. the forward pass;
 3. forward + backward (gradients, no update);
 4. forward + backward + Adam update (the bare train step);
-5. `Model.fit` itself (adds the masked per-task losses, the metrics, the
-   callbacks and Keras' loop), measured as the median epoch / steps.
+5. `Model.fit` itself (adds the masked per-task losses, the callbacks
+   and Keras' loop), measured as the median epoch / steps;
+6. `Model.fit` with keras-mtl's default training metrics (per-task AUC,
+   logloss, PCOC).
 
 The differences between consecutive lines are the cost of each part. The
 report goes to stdout as a Markdown table (paste it into
@@ -134,27 +136,29 @@ def main(argv=None):
         w, c = _timed(loop(fn), opts.repeats)
         rows.append((name, w, c))
 
-    models.compile_model(twin, tasks, steps_per_execution=steps)
-    clock = train_suite._Clock()
-    clock.begin()
-    epoch_steps = -(-len(train) // bs)
-    twin.fit(
-        ds,
-        steps_per_epoch=epoch_steps,
-        epochs=3,
-        verbose=0,
-        callbacks=[train_suite._keras_clock_callback(keras, clock)],
-    )
-    steady = clock.epochs[1:]
-    rows.append(
-        (
-            "Model.fit (losses, metrics, loop)",
-            statistics.median(e["wall_s"] for e in steady)
-            * steps
-            / epoch_steps,
-            statistics.median(e["cpu_s"] for e in steady) * steps / epoch_steps,
+    def fit_step(**compile_kwargs):
+        """Wall and CPU seconds per `steps` steps of `fit`, steady state."""
+        models.compile_model(
+            twin, tasks, steps_per_execution=steps, **compile_kwargs
         )
-    )
+        clock = train_suite._Clock()
+        clock.begin()
+        epoch_steps = -(-len(train) // bs)
+        twin.fit(
+            ds,
+            steps_per_epoch=epoch_steps,
+            epochs=3,
+            verbose=0,
+            callbacks=[train_suite._keras_clock_callback(keras, clock)],
+        )
+        steady = clock.epochs[1:]
+        return tuple(
+            statistics.median(e[key] for e in steady) * steps / epoch_steps
+            for key in ("wall_s", "cpu_s")
+        )
+
+    rows.append(("Model.fit, losses only", *fit_step(weighted_metrics=None)))
+    rows.append(("Model.fit, losses + default metrics", *fit_step()))
     dense_params = train_suite._dense_params_keras(model)
     flops = 6 * dense_params * bs
     table = [

@@ -15,6 +15,7 @@ architecture sizes:
 - keras-mtl runs its default fast path (`encoded_model` + lookups once in the
   data + `jit_compile=True` + `steps_per_execution`); `keras_mtl_raw` is the
   same model trained on raw features without XLA, to show what the path buys.
+  Every library optimises the loss only, with no training metrics.
   DeepCTR trains with `model.fit` on integer-encoded numpy arrays (its
   documented usage); torch-rechub's models train in a plain loop over
   in-memory tensor slices, which is faster than the library's DataLoader,
@@ -306,14 +307,19 @@ def _keras_mtl(args, raw=False):
         )
     clock.prep_s = time.perf_counter() - prep
     clock.begin()
+    # The loss only, as the peers train: no training metrics (keras-mtl's
+    # default per-task AUC / logloss / PCOC cost is in `profile_step.py`).
     if raw:
-        models.compile_model(train_model, tasks, jit_compile=False)
+        models.compile_model(
+            train_model, tasks, jit_compile=False, weighted_metrics=None
+        )
     else:
         models.compile_model(
             train_model,
             tasks,
             jit_compile=True,
             steps_per_execution=STEPS_PER_EXECUTION,
+            weighted_metrics=None,
         )
     train_model.fit(
         ds,

@@ -190,7 +190,7 @@ def features_to_arrays(df, features, where="DataFrame"):
     return _features_to_arrays(df, features, where)
 
 
-def _features_to_arrays(df, features, where):
+def _features_to_arrays(df, features, where, encode=None):
     x = {}
     for spec in features:
         series = df[spec.name]
@@ -200,6 +200,9 @@ def _features_to_arrays(df, features, where):
             x[spec.name] = _sequence(series, spec, where)
         else:
             x[spec.name] = _categorical(series, spec, where)
+        if encode is not None:
+            # One raw column alive at a time (see `from_dataframe`).
+            x[spec.name] = encode(spec.name, x[spec.name])
     return x
 
 
@@ -236,7 +239,7 @@ def _labels(df, task, where):
     return values, observed
 
 
-def dataframe_to_arrays(df, features, tasks, where="DataFrame"):
+def dataframe_to_arrays(df, features, tasks, where="DataFrame", encode=None):
     """Converts a DataFrame to `(x, y, sw)` numpy dicts.
 
     Args:
@@ -245,6 +248,10 @@ def dataframe_to_arrays(df, features, tasks, where="DataFrame"):
         features: list of feature specs (`keras_mtl.features`).
         tasks: list of `keras_mtl.Task`.
         where: str. How errors name the source. Defaults to `"DataFrame"`.
+        encode: optional function `(name, raw_values) -> values` applied
+            to each feature column as soon as it is converted, e.g.
+            `keras_mtl.models.column_encoder(model)` for the fast path.
+            Defaults to `None`.
 
     Returns:
         `(x, y, sw)`: raw features by feature name; labels by task name
@@ -260,7 +267,7 @@ def dataframe_to_arrays(df, features, tasks, where="DataFrame"):
     features = features_lib.validate_features(features)
     tasks = validate_tasks(tasks)
     _check_frame(df, features, tasks, where)
-    x = _features_to_arrays(df, features, where)
+    x = _features_to_arrays(df, features, where, encode)
     raw = {t.name: _labels(df, t, where) for t in tasks}
     by_name = {t.name: t for t in tasks}
     y, sw = {}, {}
@@ -311,6 +318,38 @@ def _check_batching(batch_size, shuffle_buffer=None):
         )
 
 
+def _shuffled_index_batches(n, batch_size, seed, drop_remainder):
+    """Batches of a new seeded permutation of `range(n)` every epoch.
+
+    One permutation tensor per epoch, cut into batches, instead of
+    `Dataset.shuffle(n)`: a full-size shuffle buffer holds every index as
+    its own element (about 80 MiB per million rows, two buffers alive
+    across an epoch boundary). Each new iterator draws a new epoch seed
+    from `Dataset.random(seed, rerandomize_each_iteration=True)`, so the
+    order changes every epoch and repeats across runs with the same seed.
+    """
+    import tensorflow as tf
+
+    full = n - n % batch_size
+    tail = n > full and not drop_remainder
+
+    def epoch(epoch_seed):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64),
+            seed=tf.stack([epoch_seed, tf.constant(seed, tf.int64)]),
+        )
+        batches = tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[:full], [-1, batch_size])
+        )
+        if tail:
+            rest = tf.data.Dataset.from_tensors(order[full:])
+            batches = batches.concatenate(rest)
+        return batches
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return seeds.take(1).flat_map(epoch)
+
+
 def arrays_to_dataset(
     arrays,
     batch_size=1024,
@@ -349,10 +388,12 @@ def arrays_to_dataset(
     leaves = tf.nest.flatten(arrays)
     n = len(leaves[0])
     tensors = tf.nest.map_structure(tf.constant, arrays)
-    indices = tf.data.Dataset.range(n)
     if shuffle:
-        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    indices = indices.batch(batch_size, drop_remainder=drop_remainder)
+        indices = _shuffled_index_batches(n, batch_size, seed, drop_remainder)
+    else:
+        indices = tf.data.Dataset.range(n).batch(
+            batch_size, drop_remainder=drop_remainder
+        )
 
     def gather(idx):
         batch = tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors)
@@ -409,11 +450,19 @@ def from_dataframe(
         A batched, prefetched `tf.data.Dataset`.
     """
     _check_batching(batch_size)
-    arrays = dataframe_to_arrays(df, features, tasks)
+    encode = None
     if encode_with is not None:
-        from keras_mtl.models.encoded import encode_features
+        from keras_mtl.models.encoded import column_encoder
 
-        arrays = (encode_features(encode_with, arrays[0]), *arrays[1:])
+        encode = column_encoder(encode_with)
+        given = {spec.name for spec in features_lib.validate_features(features)}
+        missing = sorted(set(encode.names) - given)
+        if missing:
+            raise ValueError(
+                f"`features` is missing categorical feature(s) {missing} of "
+                f"the `encode_with` model. Received: {sorted(given)}"
+            )
+    arrays = dataframe_to_arrays(df, features, tasks, encode=encode)
     if drop_remainder and len(df) % batch_size:
         logger.info(
             "drop_remainder=True: %d row(s) of the last partial batch are "

@@ -237,6 +237,26 @@ def test_from_dataframe_batches_every_row_once_and_shuffles():
     assert not np.array_equal(epoch1, epoch2)  # a new order each epoch
 
 
+def test_shuffled_batches_are_seeded_permutations():
+    def epoch(ds):
+        return np.concatenate(list(ds.as_numpy_iterator()))
+
+    def make(seed, **kwargs):
+        return data.arrays_to_dataset(
+            np.arange(100), batch_size=32, shuffle=True, seed=seed, **kwargs
+        )
+
+    first, again, other = epoch(make(3)), epoch(make(3)), epoch(make(4))
+    assert sorted(first) == list(range(100))
+    np.testing.assert_array_equal(first, again)  # same seed, same order
+    assert not np.array_equal(first, other)
+    dropped = make(3, drop_remainder=True)
+    assert dropped.element_spec.shape.as_list() == [32]
+    sizes = [len(b) for b in dropped.as_numpy_iterator()]
+    assert sizes == [32, 32, 32]
+    assert len(set(epoch(dropped))) == 96
+
+
 def test_file_sources_shard_and_fail_clearly(tmp_path):
     df = make_frame(n=90)
     specs = specs_for(df)

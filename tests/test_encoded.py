@@ -269,3 +269,23 @@ def test_dataframe_untouched_by_encoding(funnel):
     model = _model(features, tasks)
     data_lib.from_dataframe(df, features, tasks, 512, encode_with=model)
     pd.testing.assert_frame_equal(df, before)
+
+
+def test_from_dataframe_encodes_like_encode_features(funnel):
+    df, features, tasks = funnel
+    model = _model(features, tasks)
+    ds = data_lib.from_dataframe(
+        df.head(500), features, tasks, 500, encode_with=model
+    )
+    (x, _, _), *_ = list(ds)
+    expected = models.encode_features(
+        model, data_lib.features_to_arrays(df.head(500), features)
+    )
+    assert sorted(x) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(x[name].numpy(), expected[name])
+    assert x["device"].dtype == "int32"
+    # Every categorical the model looks up must be among the features.
+    without = [f for f in features if f.name != "device"]
+    with pytest.raises(ValueError, match=r"`features` is missing.*device"):
+        data_lib.from_dataframe(df, without, tasks, 512, encode_with=model)

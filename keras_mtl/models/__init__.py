@@ -5,6 +5,7 @@ a dict of outputs keyed by task name. `compile_model` sets each task's masked
 loss, weight and metrics; `build(architecture, ...)` picks a builder by name.
 """
 
+from keras_mtl.models.encoded import column_encoder
 from keras_mtl.models.encoded import encode_dataset
 from keras_mtl.models.encoded import encode_features
 from keras_mtl.models.encoded import encoded_model
@@ -41,6 +42,7 @@ __all__ = [
     "build",
     "cgc",
     "check_builder_args",
+    "column_encoder",
     "compile_model",
     "encode_dataset",
     "encode_features",

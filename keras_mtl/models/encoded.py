@@ -196,29 +196,44 @@ def encode_features(model, x, batch_size=262_144):
         A new dict: categorical and sequence features as int32 row ids,
         everything else unchanged.
     """
-    specs = _categorical_specs(input_blocks(model))
-    missing = sorted(set(specs) - set(x))
+    encode = column_encoder(model, batch_size)
+    missing = sorted(set(encode.names) - set(x))
     if missing:
         raise ValueError(
             f"`x` is missing categorical feature(s) {missing}. "
             f"Received keys: {sorted(x)}"
         )
-    n = len(next(iter(x.values())))
-    out = dict(x)
-    for name, (block, _) in specs.items():
-        column = x[name]
+    return {name: encode(name, values) for name, values in x.items()}
+
+
+def column_encoder(model, batch_size=262_144):
+    """A function `(name, raw_values) -> values` applying the model's lookup.
+
+    Categorical and sequence features come back as int32 row ids (computed
+    `batch_size` rows at a time), any other feature unchanged. Encoding
+    column by column lets `keras_mtl.data.from_dataframe` drop each raw
+    string column as soon as its ids exist, instead of holding every raw
+    column at once. The set of encoded names is the function's `names`.
+    """
+    specs = _categorical_specs(input_blocks(model))
+
+    def encode(name, column):
+        if name not in specs:
+            return column
+        block = specs[name][0]
+        n = len(column)
         parts = [
             keras.ops.convert_to_numpy(
                 block.encode({name: column[i : i + batch_size]}, [name])[name]
             )
             for i in range(0, n, batch_size)
         ]
-        out[name] = (
-            np.concatenate(parts).astype("int32")
-            if parts
-            else np.zeros(np.shape(column), "int32")
-        )
-    return out
+        if not parts:
+            return np.zeros(np.shape(column), "int32")
+        return np.concatenate(parts).astype("int32")
+
+    encode.names = tuple(specs)
+    return encode
 
 
 def encode_dataset(model, dataset, num_parallel_calls=None):
