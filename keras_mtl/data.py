@@ -326,7 +326,8 @@ def _shuffled_index_batches(n, batch_size, seed, drop_remainder):
     its own element (about 80 MiB per million rows, two buffers alive
     across an epoch boundary). Each new iterator draws a new epoch seed
     from `Dataset.random(seed, rerandomize_each_iteration=True)`, so the
-    order changes every epoch and repeats across runs with the same seed.
+    order changes every epoch and repeats across runs with the same seed
+    (`seed=None`: a new order every run).
     """
     import tensorflow as tf
 
@@ -336,7 +337,7 @@ def _shuffled_index_batches(n, batch_size, seed, drop_remainder):
     def epoch(epoch_seed):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64),
-            seed=tf.stack([epoch_seed, tf.constant(seed, tf.int64)]),
+            seed=tf.stack([epoch_seed, tf.constant(seed or 0, tf.int64)]),
         )
         batches = tf.data.Dataset.from_tensor_slices(
             tf.reshape(order[:full], [-1, batch_size])
@@ -347,7 +348,11 @@ def _shuffled_index_batches(n, batch_size, seed, drop_remainder):
         return batches
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return seeds.take(1).flat_map(epoch)
+    batches = seeds.take(1).flat_map(epoch)
+    # `flat_map` hides the length; Keras needs it for its progress bar and
+    # to know an epoch's steps without running out of data.
+    count = full // batch_size + int(tail)
+    return batches.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def arrays_to_dataset(

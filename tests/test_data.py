@@ -255,6 +255,9 @@ def test_shuffled_batches_are_seeded_permutations():
     sizes = [len(b) for b in dropped.as_numpy_iterator()]
     assert sizes == [32, 32, 32]
     assert len(set(epoch(dropped))) == 96
+    # The number of batches stays known (Keras' epochs rely on it).
+    assert int(make(3).cardinality()) == 4
+    assert int(dropped.cardinality()) == 3
 
 
 def test_file_sources_shard_and_fail_clearly(tmp_path):

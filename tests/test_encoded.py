@@ -1,6 +1,7 @@
 """The fast training path: encoded twin, lookups once, XLA, padded batches."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -289,3 +290,25 @@ def test_from_dataframe_encodes_like_encode_features(funnel):
     without = [f for f in features if f.name != "device"]
     with pytest.raises(ValueError, match=r"`features` is missing.*device"):
         data_lib.from_dataframe(df, without, tasks, 512, encode_with=model)
+
+
+def test_shuffled_data_fits_whole_epochs_without_warnings(funnel):
+    df, features, tasks = funnel
+    model = _model(features, tasks)
+    twin = models.encoded_model(model)
+    models.compile_model(twin, tasks, steps_per_execution=2)
+    ds = data_lib.from_dataframe(
+        df.head(600),
+        features,
+        tasks,
+        256,
+        shuffle=True,
+        encode_with=model,
+        pad_remainder=True,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = twin.fit(ds, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    ran_out = [w for w in caught if "ran out of data" in str(w.message)]
+    assert ran_out == []
