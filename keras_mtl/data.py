@@ -198,12 +198,29 @@ def _features_to_arrays(df, features, where, encode=None):
             x[spec.name] = _numeric(series, spec, where)
         elif isinstance(spec, features_lib.SequenceFeature):
             x[spec.name] = _sequence(series, spec, where)
+        elif encode is not None and spec.dtype != "int64":
+            x[spec.name] = _encoded_strings(series, spec.name, encode)
+            continue
         else:
             x[spec.name] = _categorical(series, spec, where)
         if encode is not None:
             # One raw column alive at a time (see `from_dataframe`).
             x[spec.name] = encode(spec.name, x[spec.name])
     return x
+
+
+def _encoded_strings(series, name, encode, chunk=262_144):
+    """A string column through `encode`, `chunk` rows at a time.
+
+    A million Python strings take ~60 MiB, and converting a pandas column
+    to them makes more than one copy; chunking keeps only one chunk's
+    strings alive while the ids accumulate.
+    """
+    parts = [
+        encode(name, _strings(series.iloc[i : i + chunk]))
+        for i in range(0, len(series), chunk)
+    ]
+    return np.concatenate(parts)
 
 
 def _labels(df, task, where):

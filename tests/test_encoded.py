@@ -312,3 +312,16 @@ def test_shuffled_data_fits_whole_epochs_without_warnings(funnel):
     assert len(history.history["loss"]) == 2
     ran_out = [w for w in caught if "ran out of data" in str(w.message)]
     assert ran_out == []
+
+
+def test_string_columns_are_encoded_in_chunks_like_whole(funnel):
+    df, features, tasks = funnel
+    model = _model(features, tasks)
+    encode = models.column_encoder(model)
+    series = df["device"].head(50).copy()
+    series.iloc[[3, 20]] = None  # missing values map to the missing id
+    whole = encode("device", data_lib._strings(series))
+    chunked = data_lib._encoded_strings(series, "device", encode, chunk=7)
+    np.testing.assert_array_equal(chunked, whole)
+    assert chunked.dtype == np.int32 and len(chunked) == 50
+    assert chunked[3] == chunked[20] != chunked[0]
