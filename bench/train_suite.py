@@ -283,28 +283,17 @@ def _keras_mtl(args, raw=False):
     features, tasks, model = keras_mtl_model(args, vocab, dense, labels)
     clock = _Clock()
     prep = time.perf_counter()
-    if raw:
-        train_model = model
-        ds = data_lib.from_dataframe(
-            train,
-            features,
-            tasks,
-            args.batch_size,
-            shuffle=True,
-            seed=args.seed,
-        )
-    else:
-        train_model = models.encoded_model(model)
-        ds = data_lib.from_dataframe(
-            train,
-            features,
-            tasks,
-            args.batch_size,
-            shuffle=True,
-            seed=args.seed,
-            encode_with=model,
-            pad_remainder=True,
-        )
+    fast = {} if raw else {"encode_with": model, "pad_remainder": True}
+    train_model = model if raw else models.encoded_model(model)
+    ds = data_lib.from_dataframe(
+        train,
+        features,
+        tasks,
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        **fast,
+    )
     clock.prep_s = time.perf_counter() - prep
     clock.begin()
     # The loss only, as the peers train: no training metrics (keras-mtl's

@@ -250,9 +250,10 @@ def test_kernel_regularizer_losses():
     assert len(layer.losses) == 3  # two expert levels and the gates
 
 
-def test_one_step_fit_updates_weights():
+def _two_task_model(layer):
+    """A compiled model with one Dense head per task output of `layer`."""
     inputs = keras.Input((5,))
-    task_a, task_b = MMoELayer(3, [6, 4], 2, expert_dropout=0.1)(inputs)
+    task_a, task_b = layer(inputs)
     model = keras.Model(
         inputs,
         {
@@ -263,6 +264,11 @@ def test_one_step_fit_updates_weights():
     model.compile(
         optimizer="sgd", loss={"a": "mse", "b": "mse"}, jit_compile=False
     )
+    return model
+
+
+def test_one_step_fit_updates_weights():
+    model = _two_task_model(MMoELayer(3, [6, 4], 2, expert_dropout=0.1))
     before = [_np(w) for w in model.trainable_weights]
     history = model.fit(
         _x(8), {"a": np.ones((8, 1)), "b": np.zeros((8, 1))}, verbose=0
@@ -273,19 +279,8 @@ def test_one_step_fit_updates_weights():
 
 
 def test_batch_norm_moving_statistics_update_in_fit():
-    inputs = keras.Input((5,))
-    task_a, task_b = MMoELayer(
-        3, [6, 4], 2, expert_normalization="batch", name="mmoe"
-    )(inputs)
-    model = keras.Model(
-        inputs,
-        {
-            "a": keras.layers.Dense(1, name="a")(task_a),
-            "b": keras.layers.Dense(1, name="b")(task_b),
-        },
-    )
-    model.compile(
-        optimizer="sgd", loss={"a": "mse", "b": "mse"}, jit_compile=False
+    model = _two_task_model(
+        MMoELayer(3, [6, 4], 2, expert_normalization="batch", name="mmoe")
     )
     layer = model.get_layer("mmoe")
     moving_mean = layer.expert_norms[0].moving_mean

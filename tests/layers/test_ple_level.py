@@ -265,10 +265,11 @@ def test_return_gates():
     assert tuple(symbolic_gates.shape) == (None, NUM_TASKS, 3)
 
 
-def test_two_level_ple_one_step_fit():
+def _two_level_model(first_level):
+    """`first_level` then a last level, one Dense head per task, compiled;
+    returns the model and its output names."""
     inputs = keras.Input((5,))
-    branches = _level(expert_units=[8], expert_dropout=0.1)(inputs)
-    towers = _level(expert_units=[4], is_last=True)(branches)
+    towers = _level(expert_units=[4], is_last=True)(first_level(inputs))
     names = [f"task_{t}" for t in range(NUM_TASKS)]
     model = keras.Model(
         inputs,
@@ -276,6 +277,13 @@ def test_two_level_ple_one_step_fit():
     )
     model.compile(
         optimizer="sgd", loss={n: "mse" for n in names}, jit_compile=False
+    )
+    return model, names
+
+
+def test_two_level_ple_one_step_fit():
+    model, names = _two_level_model(
+        _level(expert_units=[8], expert_dropout=0.1)
     )
     before = [_np(w) for w in model.trainable_weights]
     history = model.fit(
@@ -287,17 +295,8 @@ def test_two_level_ple_one_step_fit():
 
 
 def test_batch_norm_moving_statistics_update_in_fit():
-    inputs = keras.Input((5,))
     level = _level(expert_units=[8], expert_normalization="batch")
-    towers = _level(expert_units=[4], is_last=True)(level(inputs))
-    names = [f"task_{t}" for t in range(NUM_TASKS)]
-    model = keras.Model(
-        inputs,
-        {n: keras.layers.Dense(1, name=n)(h) for n, h in zip(names, towers)},
-    )
-    model.compile(
-        optimizer="sgd", loss={n: "mse" for n in names}, jit_compile=False
-    )
+    model, names = _two_level_model(level)
     norms = level.task_expert_norms + level.shared_expert_norms
     assert all(np.all(_np(n.moving_mean) == 0.0) for n in norms)
     model.fit(
