@@ -61,6 +61,48 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
         np.testing.assert_array_equal(after[name], before[name])
 
 
+@pytest.mark.parametrize("weighting", [None, "fixed", "gradnorm"], ids=str)
+def test_fit_traces_the_train_step_once(weighting):
+    # Loss trackers, metric and optimizer variables created inside the
+    # first trace would make TensorFlow trace the whole step a second time.
+    from keras_mtl import training
+
+    model = models.mmoe(
+        SPECS, TASKS, num_experts=2, expert_units=[8], tower_units=[4]
+    )
+    if weighting is None:
+        model = models.compile_model(model, TASKS, steps_per_execution=4)
+    else:
+        model = training.compile(
+            model, TASKS, weighting=weighting, steps_per_execution=4
+        )
+    traces = []
+    step = model.train_step
+
+    def counted(batch):
+        traces.append(1)
+        return step(batch)
+
+    model.train_step = counted
+    x, y, sw = _arrays(TASKS, n=512)
+    history = model.fit(
+        x, y, sample_weight=sw, batch_size=64, epochs=2, verbose=0
+    )
+    assert len(traces) == 1
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_compile_leaves_no_metric_state():
+    model = models.mmoe(
+        SPECS, TASKS, num_experts=2, expert_units=[8], tower_units=[4]
+    )
+    models.compile_model(model, TASKS)
+    state = [v for m in model.metrics for v in m.variables]
+    assert state, "compile_model builds the metric state"
+    for variable in state:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), 0)
+
+
 def test_compile_defaults_are_masked_weighted_and_overridable():
     tasks = [
         Task("click"),

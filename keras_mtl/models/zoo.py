@@ -821,7 +821,53 @@ def compile_model(
     )
     if twin:
         encoded_lib.force_jit(model)
+    _build_training_state(model, tasks)
     return model
+
+
+def _output_spec(model):
+    """The model's output structure of KerasTensors, or None if unknown."""
+    for candidate in (model, getattr(model, "model", None)):
+        try:
+            output = candidate.output
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(output, dict):
+            return output
+    return None
+
+
+def _build_training_state(model, tasks):
+    """Creates the loss trackers, metric and optimizer variables now.
+
+    Without a distribution strategy, Keras on TensorFlow creates them while
+    it traces the first training step; variables created inside a
+    `tf.function`'s first trace make TensorFlow trace the whole step a second
+    time (about as long again, before XLA compiles it). Building them here,
+    on one row of zeros as Keras' own symbolic build does under a strategy,
+    leaves one trace. The metric state is reset afterwards.
+    """
+    if keras.backend.backend() != "tensorflow" or model.optimizer is None:
+        return
+    import tensorflow as tf
+
+    spec = _output_spec(model)
+    if tf.distribute.has_strategy() or spec is None:
+        # Keras builds this state itself under a strategy.
+        return
+    y_pred = {
+        name: keras.ops.zeros((1,) + tuple(t.shape[1:]), dtype=t.dtype)
+        for name, t in spec.items()
+    }
+    y = {t.name: keras.ops.zeros_like(y_pred[t.name]) for t in tasks}
+    weights = {t.name: keras.ops.ones((1,)) for t in tasks}
+    model.compute_loss(
+        y=y, y_pred=y_pred, sample_weight=weights, training=False
+    )
+    model.compute_metrics(None, y, y_pred, sample_weight=weights)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.reset_metrics()
 
 
 for _builder in (shared_embedding_towers, mmoe, ple):
