@@ -24,9 +24,10 @@ architecture sizes:
 Reported per run: steady-state samples/s (median of the epochs after the
 first), samples per CPU-second, time from the start of training to the
 first finished step, first-epoch overhead (first epoch minus a steady one),
-peak RSS of the process, hold-out AUC, analytical FLOPs per sample
-(6 x dense weights: forward and backward; embedding gathers excluded) and
-the achieved GFLOP/s against this machine's measured float32 matmul peak.
+peak RSS (at the end of training, and of the whole process), hold-out
+AUC, analytical FLOPs per sample (6 x dense weights: forward and backward;
+embedding gathers excluded) and the achieved GFLOP/s against this
+machine's measured float32 matmul peak.
 """
 
 import argparse
@@ -168,6 +169,9 @@ class _Clock:
         self.prep_s = None  # DataFrame to the library's input format
         self.epochs = []
         self._epoch = None
+        # Process high-water mark at the end of the last epoch: data
+        # generation, data prep and training, before the hold-out predictions.
+        self.train_peak_rss_mb = None
 
     def begin(self):
         self.start = time.perf_counter()
@@ -183,6 +187,7 @@ class _Clock:
         wall = time.perf_counter() - self._epoch[0]
         cpu = time.process_time() - self._epoch[1]
         self.epochs.append({"wall_s": wall, "cpu_s": cpu})
+        self.train_peak_rss_mb = bench._peak_rss_mb()
 
 
 def _keras_clock_callback(keras, clock):
@@ -535,6 +540,7 @@ def worker_train(args):
         "prep_s": clock.prep_s,
         "first_epoch_overhead_s": clock.epochs[0]["wall_s"] - wall,
         "peak_rss_mb": bench._peak_rss_mb(),
+        "train_peak_rss_mb": clock.train_peak_rss_mb,
         "holdout_auc": _holdout_auc(test, preds, labels, args.dataset),
         "dense_params": int(dense_params),
         "flops_per_sample": flops,
@@ -667,6 +673,7 @@ def _brief(record):
         "library",
         "samples_per_s",
         "first_step_s",
+        "train_peak_rss_mb",
         "peak_rss_mb",
         "holdout_auc",
         "error",
@@ -717,16 +724,18 @@ def render_train(meta, records, results_path):
         "`compile` (or the loop's start) to the end of the first `fit` "
         "batch callback; on the fast path that callback fires after the "
         f"first {STEPS_PER_EXECUTION} steps (`steps_per_execution`). "
-        "First-epoch overhead: first epoch minus a steady one. Peak RSS: "
-        "the whole process (data generation included). AUC: hold-out, "
+        "First-epoch overhead: first epoch minus a steady one. Peak RSS "
+        "(process): the whole process, data generation and hold-out "
+        "predictions included; (training): its high-water mark at the end "
+        "of the last epoch, before the hold-out predictions. AUC: hold-out, "
         "mean over the two tasks (conversion on clicked rows; ESMM: its CVR "
         "head).",
         "",
         "| data | model | library | samples/s | samples per CPU-s | "
         "data prep (s) | first step (s) | first-epoch overhead (s) | "
-        "peak RSS (MiB) | hold-out AUC | GFLOP/s (% of peak) | x DeepCTR | "
-        "x torch-rechub |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak RSS, training (MiB) | peak RSS, process (MiB) | hold-out AUC "
+        "| GFLOP/s (% of peak) | x DeepCTR | x torch-rechub |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     peak = meta.get("matmul_gflops")
     for dataset, model, library in _plan_from(records):
@@ -734,7 +743,7 @@ def render_train(meta, records, results_path):
         if r is None:
             lines.append(
                 f"| {dataset} | {model} | {LABEL[library]} | failed "
-                "| | | | | | | | | |"
+                "| | | | | | | | | | |"
             )
             continue
         auc = statistics.mean(r["holdout_auc"].values())
@@ -753,6 +762,7 @@ def render_train(meta, records, results_path):
             f"{_fmt(r.get('prep_s'), '.1f')} | "
             f"{_fmt(r['first_step_s'], '.1f')} | "
             f"{r['first_epoch_overhead_s']:.1f} | "
+            f"{_fmt(r.get('train_peak_rss_mb'), ',.0f')} | "
             f"{r['peak_rss_mb']:,.0f} | {auc:.4f} | "
             f"{gflops:.2f}{share} | {ratios[0]} | {ratios[1]} |"
         )
