@@ -389,3 +389,31 @@ def test_shipped_configs_resolve():
     assert math.isclose(
         tuning.resolve_tuning_config(adult)["training"]["val_fraction"], 0.1
     )
+
+
+def test_tuning_and_keras_tuner_load_on_first_use():
+    import subprocess
+
+    code = (
+        "import sys, keras_mtl\n"
+        "assert 'keras_tuner' not in sys.modules, 'imported eagerly'\n"
+        "print(keras_mtl.tuning.__name__, 'keras_tuner' in sys.modules)\n"
+        "from keras_mtl import tuning\n"
+        "assert tuning is keras_mtl.tuning\n"
+        "try:\n"
+        "    keras_mtl.no_such_module\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines == [
+        "keras_mtl.tuning True",
+        "module 'keras_mtl' has no attribute 'no_such_module'",
+    ]

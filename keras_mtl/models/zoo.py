@@ -754,6 +754,12 @@ def compile_model(
     MAE; accuracy) as weighted metrics, so they respect the space too.
     Anything passed here wins over the defaults, task by task.
 
+    On TensorFlow (outside a distribution strategy, where Keras does it
+    itself) the loss trackers, metric and optimizer variables are created
+    here rather than inside the first trace of the train step, so `fit`
+    traces that step once instead of twice. As with `keras.Model.compile`,
+    compile again after changing which layers are trainable.
+
     Args:
         model: a model with one output per task name.
         tasks: list of `keras_mtl.Task`.
@@ -854,6 +860,9 @@ def _build_training_state(model, tasks):
     spec = _output_spec(model)
     if tf.distribute.has_strategy() or spec is None:
         # Keras builds this state itself under a strategy.
+        return
+    if any(None in tuple(t.shape[1:]) for t in spec.values()):
+        # No row of zeros to build with; Keras builds it in the first trace.
         return
     y_pred = {
         name: keras.ops.zeros((1,) + tuple(t.shape[1:]), dtype=t.dtype)
