@@ -92,6 +92,34 @@ def test_fit_traces_the_train_step_once(weighting):
     assert np.isfinite(history.history["loss"]).all()
 
 
+def test_heap_is_trimmed_once_after_each_step_function_compiles(
+    monkeypatch,
+):
+    import platform
+    import sys
+
+    from keras_mtl.models import zoo
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert zoo._trim_heap() is True
+    trims = []
+    monkeypatch.setattr(zoo, "_trim_heap", lambda: trims.append(1))
+    model = models.mmoe(
+        SPECS, TASKS, num_experts=2, expert_units=[8], tower_units=[4]
+    )
+    models.compile_model(model, TASKS, steps_per_execution=2)
+    models.compile_model(model, TASKS, steps_per_execution=2)  # no rewrap
+    x, y, sw = _arrays(TASKS, n=512)
+    kwargs = dict(sample_weight=sw, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=2, validation_data=(x, y, sw), **kwargs)
+    assert len(trims) == 2  # the train and the test function, once each
+    train_function = model.train_function
+    model.fit(x, y, epochs=1, **kwargs)
+    model.evaluate(x, y, **kwargs)
+    assert len(trims) == 2
+    assert model.train_function is train_function
+
+
 def test_compile_leaves_no_metric_state():
     model = models.mmoe(
         SPECS, TASKS, num_experts=2, expert_units=[8], tower_units=[4]

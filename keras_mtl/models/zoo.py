@@ -828,7 +828,76 @@ def compile_model(
     if twin:
         encoded_lib.force_jit(model)
     _build_training_state(model, tasks)
+    _trim_heap_after_compiling(model)
     return model
+
+
+_LIBC_TRIM = []
+
+
+def _trim_heap():
+    """Returns the heap's free memory to the OS (glibc's `malloc_trim`).
+
+    Returns False, doing nothing, where the C library has no
+    `malloc_trim` (macOS, musl).
+    """
+    if not _LIBC_TRIM:
+        import ctypes
+        import ctypes.util
+
+        try:
+            trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        except (OSError, AttributeError, TypeError):
+            trim = None
+        _LIBC_TRIM.append(trim)
+    trim = _LIBC_TRIM[0]
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _trim_heap_after_compiling(model):
+    """Trims the heap once after the first call of each step function.
+
+    The first call of a train or test function traces it and (with XLA)
+    compiles it; the compiler's memory is freed then, but glibc keeps it
+    mapped, so the process stays ~100 MiB above what training needs for
+    the rest of the run. One `malloc_trim` after that first call gives it
+    back (later calls go straight to Keras' function).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    for kind in ("train", "test"):
+        make_name = f"make_{kind}_function"
+        make = getattr(model, make_name)
+        if getattr(make, "_keras_mtl_trims", False):
+            continue
+        _wrap_make_function(model, kind, make)
+
+
+def _wrap_make_function(model, kind, make):
+    attr = f"{kind}_function"
+
+    def make_function(force=False):
+        make(force=force)
+        function = getattr(model, attr)
+        if function is None or getattr(function, "_keras_mtl_trims", False):
+            return function
+
+        def first_call(*args, **kwargs):
+            result = function(*args, **kwargs)
+            function._keras_mtl_trims = True
+            setattr(model, attr, function)
+            _trim_heap()
+            return result
+
+        first_call._keras_mtl_trims = True
+        setattr(model, attr, first_call)
+        return first_call
+
+    make_function._keras_mtl_trims = True
+    setattr(model, f"make_{kind}_function", make_function)
 
 
 def _output_spec(model):
