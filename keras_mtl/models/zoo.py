@@ -758,7 +758,11 @@ def compile_model(
     itself) the loss trackers, metric and optimizer variables are created
     here rather than inside the first trace of the train step, so `fit`
     traces that step once instead of twice. As with `keras.Model.compile`,
-    compile again after changing which layers are trainable.
+    compile again after changing which layers are trainable. Also on
+    TensorFlow, after the first call of the train and the test function
+    (their trace and XLA compile) the heap's free memory is returned to the
+    OS once (glibc `malloc_trim`; nothing elsewhere), so the compiler's
+    transient memory does not stay in the process for the whole run.
 
     Args:
         model: a model with one output per task name.
