@@ -115,15 +115,29 @@ def _int_ids(series, column, where):
     return np.where(finite, values, -1).astype("int64")
 
 
-def _strings(series):
-    if pd.api.types.is_float_dtype(series):
-        # Integral floats (ids read back with NaN) print without ".0".
+def _integral_floats(series):
+    """Whether `series` is a float column holding only whole numbers (ids
+    read back with NaN), which print without ".0"."""
+    if not pd.api.types.is_float_dtype(series):
+        return False
+    nums = series.to_numpy(dtype="float64")
+    return bool(np.all(np.mod(nums[~np.isnan(nums)], 1) == 0))
+
+
+def _strings(series, integral=None):
+    """A column as Python strings, missing values as "".
+
+    `integral`: `_integral_floats` of the whole column, when `series` is
+    a chunk of it (so every chunk prints its floats the same way).
+    """
+    if integral is None:
+        integral = _integral_floats(series)
+    if integral:
         nums = series.to_numpy(dtype="float64")
         ok = ~np.isnan(nums)
-        if np.all(np.mod(nums[ok], 1) == 0):
-            out = np.full(len(series), "", dtype=object)
-            out[ok] = nums[ok].astype("int64").astype(str)
-            return out
+        out = np.full(len(series), "", dtype=object)
+        out[ok] = nums[ok].astype("int64").astype(str)
+        return out
     out = series.astype(object).where(series.notna(), "")
     return out.astype(str).to_numpy(dtype=object)
 
@@ -216,8 +230,9 @@ def _encoded_strings(series, name, encode, chunk=262_144):
     to them makes more than one copy; chunking keeps only one chunk's
     strings alive while the ids accumulate.
     """
+    integral = _integral_floats(series)
     parts = [
-        encode(name, _strings(series.iloc[i : i + chunk]))
+        encode(name, _strings(series.iloc[i : i + chunk], integral))
         for i in range(0, len(series), chunk)
     ]
     return np.concatenate(parts)

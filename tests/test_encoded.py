@@ -325,3 +325,27 @@ def test_string_columns_are_encoded_in_chunks_like_whole(funnel):
     np.testing.assert_array_equal(chunked, whole)
     assert chunked.dtype == np.int32 and len(chunked) == 50
     assert chunked[3] == chunked[20] != chunked[0]
+
+
+def test_float_id_chunks_print_like_the_whole_column(funnel):
+    df, features, tasks = funnel
+    encode = models.column_encoder(_model(features, tasks))
+    # Whole numbers in the first chunk, a fraction only in the last: each
+    # chunk must print its floats as the whole column does ("3.0", not "3").
+    series = pd.Series([3.0, 1.0, np.nan, 2.0, 4.0, 2.5], dtype="float64")
+    assert list(data_lib._strings(series)) == [
+        "3.0",
+        "1.0",
+        "",
+        "2.0",
+        "4.0",
+        "2.5",
+    ]
+    seen = []
+
+    def recording(name, strings):
+        seen.extend(strings)
+        return encode(name, strings)
+
+    data_lib._encoded_strings(series, "device", recording, chunk=4)
+    assert seen == list(data_lib._strings(series))
