@@ -9,6 +9,7 @@ metrics.
 """
 
 import contextlib
+import functools
 import inspect
 
 import keras
@@ -836,25 +837,22 @@ def compile_model(
     return model
 
 
-_LIBC_TRIM = []
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library has none (macOS,
+    musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def _trim_heap():
-    """Returns the heap's free memory to the OS (glibc's `malloc_trim`).
-
-    Returns False, doing nothing, where the C library has no
-    `malloc_trim` (macOS, musl).
-    """
-    if not _LIBC_TRIM:
-        import ctypes
-        import ctypes.util
-
-        try:
-            trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-        except (OSError, AttributeError, TypeError):
-            trim = None
-        _LIBC_TRIM.append(trim)
-    trim = _LIBC_TRIM[0]
+    """Returns the heap's free memory to the OS; False where it cannot."""
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
@@ -868,19 +866,22 @@ def _trim_heap_after_compiling(model):
     compiles it; the compiler's memory is freed then, but glibc keeps it
     mapped, so the process stays ~100 MiB above what training needs for
     the rest of the run. One `malloc_trim` after that first call gives it
-    back (later calls go straight to Keras' function).
+    back; later calls go straight to Keras' function. Keras' `compile`
+    drops its step functions, so a new one is trimmed after once again.
     """
     if keras.backend.backend() != "tensorflow":
         return
     for kind in ("train", "test"):
-        make_name = f"make_{kind}_function"
-        make = getattr(model, make_name)
-        if getattr(make, "_keras_mtl_trims", False):
-            continue
-        _wrap_make_function(model, kind, make)
+        make = getattr(model, f"make_{kind}_function")
+        if not getattr(make, "_keras_mtl_trims", False):
+            setattr(
+                model, f"make_{kind}_function", _trimming(model, kind, make)
+            )
 
 
-def _wrap_make_function(model, kind, make):
+def _trimming(model, kind, make):
+    """`make` (Keras' `make_{kind}_function`), with the first call of the
+    function it makes followed by `_trim_heap()`."""
     attr = f"{kind}_function"
 
     def make_function(force=False):
@@ -901,7 +902,7 @@ def _wrap_make_function(model, kind, make):
         return first_call
 
     make_function._keras_mtl_trims = True
-    setattr(model, f"make_{kind}_function", make_function)
+    return make_function
 
 
 def _output_spec(model):
