@@ -45,6 +45,10 @@ MAX_EPOCHS = 30
 PATIENCE = 3
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
+# Embedding tables start at N(0, 1e-4) in every library: DeepCTR's and
+# torch-rechub's default, passed to keras-mtl's builders
+# (`embeddings_initializer`; their own default is Keras' uniform).
+EMBEDDING_INIT_STD = 1e-4
 
 FUNNEL_N = 400_000
 FUNNEL_BATCH = 1024
@@ -75,17 +79,18 @@ MODEL_LABEL = {
 CONSTRUCTORS = {
     ("keras_mtl", "single_task"): (
         "keras_mtl.models.shared_bottom(features, [Task(t)], "
-        "bottom_units=(128, 64), tower_units=()) for t in (income, "
-        "never_married)"
+        "bottom_units=(128, 64), tower_units=(), embeddings_initializer=init) "
+        "for t in (income, never_married)"
     ),
     ("keras_mtl", "shared_bottom"): (
         "keras_mtl.models.shared_bottom(features, tasks, "
-        "bottom_units=(128, 64), tower_units=(32,))"
+        "bottom_units=(128, 64), tower_units=(32,), "
+        "embeddings_initializer=init)"
     ),
     ("keras_mtl", "mmoe"): (
         "keras_mtl.models.mmoe(features, tasks, num_experts=8, "
         "expert_units=(64,), tower_units=(32,), "
-        "tower_normalization='layer')"
+        "tower_normalization='layer', embeddings_initializer=init)"
     ),
     ("keras_mtl", "ple"): (
         "keras_mtl.models.ple(features, tasks, num_levels=1, "
@@ -280,13 +285,23 @@ def _adult_keras_mtl(args):
         return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
 
     def build(tasks):
+        # The peers' embedding initialization (see EMBEDDING_INIT_STD).
+        init = keras.initializers.RandomNormal(0.0, EMBEDDING_INIT_STD)
         if args.model == "single_task":
             return models.shared_bottom(
-                features, tasks, bottom_units=(128, 64), tower_units=()
+                features,
+                tasks,
+                bottom_units=(128, 64),
+                tower_units=(),
+                embeddings_initializer=init,
             )
         if args.model == "shared_bottom":
             return models.shared_bottom(
-                features, tasks, bottom_units=(128, 64), tower_units=(32,)
+                features,
+                tasks,
+                bottom_units=(128, 64),
+                tower_units=(32,),
+                embeddings_initializer=init,
             )
         if args.model == "mmoe":
             return models.mmoe(
@@ -296,6 +311,7 @@ def _adult_keras_mtl(args):
                 expert_units=(64,),
                 tower_units=(32,),
                 tower_normalization="layer",
+                embeddings_initializer=init,
             )
         if args.model == "ple":
             return models.ple(
@@ -307,6 +323,7 @@ def _adult_keras_mtl(args):
                 expert_units=(64,),
                 tower_units=(32,),
                 tower_normalization="layer",
+                embeddings_initializer=init,
             )
         raise ValueError(f"Unknown model {args.model!r}")
 
@@ -1182,7 +1199,9 @@ def render_quality(meta, records, results_path):
     add(
         "Exact constructor calls (`features` / `columns`: 7 categorical "
         "features with 8-dim embeddings and 6 dense features, the same "
-        "encoding for every library):"
+        "encoding for every library; keras-mtl's `init` is "
+        f"`keras.initializers.RandomNormal(0.0, {EMBEDDING_INIT_STD:g})`, "
+        "the peers' default embedding initialization):"
     )
     add("")
     add("| library | model | call |")

@@ -267,6 +267,12 @@ def test_tasks_for_adapts_funnel_tasks():
         ("omoe", dict(single_gate=False), "single_gate"),
         ("mmoe", dict(tower_normalization="group"), "tower_normalization"),
         ("ple", dict(expert_normalization="layer"), "expert_normalization"),
+        (
+            "shared_bottom",
+            dict(embeddings_initializer="nope"),
+            "embeddings_initializer",
+        ),
+        ("mmoe", dict(embeddings_regularizer="nope"), "embeddings_regularizer"),
     ],
     ids=[
         "experts",
@@ -278,6 +284,8 @@ def test_tasks_for_adapts_funnel_tasks():
         "omoe_gate",
         "tower_normalization",
         "expert_normalization",
+        "embeddings_initializer",
+        "embeddings_regularizer",
     ],
 )
 def test_invalid_builder_arguments(architecture, kwargs, message):

@@ -391,3 +391,58 @@ def test_invalid_builder_arguments(builder, kwargs, message):
         kwargs.setdefault("tasks", TASKS)
     with pytest.raises(ValueError, match=message):
         getattr(models, builder)(SPECS, **kwargs)
+
+
+EMBEDDING_CASES = {
+    "shared_bottom": dict(bottom_units=[8], tower_units=[4]),
+    "shared_embedding_towers": dict(tower_units=[8]),
+    "mmoe": dict(num_experts=2, expert_units=[8], tower_units=[4]),
+    "omoe": dict(num_experts=2, expert_units=[8], tower_units=[4]),
+    "cgc": dict(expert_units=[8]),
+    "ple": dict(expert_units=[8]),
+    "esmm": dict(tower_units=[8]),
+    "aitm": dict(tower_units=[8]),
+    "esm2": dict(tasks=models.esm2_tasks(action_label="cart"), tower_units=[8]),
+    "dupn": dict(
+        user_features=USER_FEATURES,
+        lstm_units=4,
+        attention_units=4,
+        tower_units=[4],
+    ),
+    "youtube_ranker": dict(
+        tasks=YOUTUBE_TASKS, num_experts=2, expert_units=[8], tower_units=[4]
+    ),
+    "cross_stitch": dict(tower_units=[8]),
+    "soft_sharing": dict(tower_units=[8]),
+    "split_model": dict(user_features=USER_FEATURES, num_experts=2),
+    "pairwise_ranker": dict(list_size=4, tower_units=[8]),
+}
+
+
+def test_embedding_cases_cover_every_builder():
+    assert set(EMBEDDING_CASES) == {
+        *models.BUILDERS,
+        "split_model",
+        "pairwise_ranker",
+    }
+
+
+@pytest.mark.parametrize("builder", sorted(EMBEDDING_CASES), ids=str)
+def test_builders_pass_embedding_initializer_and_regularizer(builder):
+    kwargs = dict(EMBEDDING_CASES[builder])
+    if builder != "pairwise_ranker":
+        kwargs.setdefault("tasks", models.tasks_for(builder, TASKS))
+    model = getattr(models, builder)(
+        SPECS,
+        embeddings_initializer=keras.initializers.Constant(0.25),
+        embeddings_regularizer=keras.regularizers.L2(0.5),
+        **kwargs,
+    )
+    tables = [w for w in model.weights if w.name == "embeddings"]
+    assert tables, "no embedding table found"
+    size = 0
+    for table in tables:
+        np.testing.assert_array_equal(_np(table), 0.25)
+        size += int(np.prod(table.shape))
+    penalty = sum(float(_np(loss)) for loss in model.losses)
+    np.testing.assert_allclose(penalty, 0.5 * 0.25**2 * size, rtol=1e-5)

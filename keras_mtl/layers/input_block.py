@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_mtl import features as features_lib
 from keras_mtl.layers.missing_value_layer import MissingValueLayer
+from keras_mtl.layers.mlp import _get_or_raise
 
 
 def make_inputs(features):
@@ -123,11 +124,15 @@ class InputBlock(keras.layers.Layer):
             )
         self.learned_fill = learned_fill
         self.features = features_lib.validate_features(features)
-        self.embeddings_initializer = keras.initializers.get(
-            embeddings_initializer
+        self.embeddings_initializer = _get_or_raise(
+            keras.initializers.get,
+            "embeddings_initializer",
+            embeddings_initializer,
         )
-        self.embeddings_regularizer = keras.regularizers.get(
-            embeddings_regularizer
+        self.embeddings_regularizer = _get_or_raise(
+            keras.regularizers.get,
+            "embeddings_regularizer",
+            embeddings_regularizer,
         )
         self.numeric = [
             f

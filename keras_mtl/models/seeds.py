@@ -113,6 +113,7 @@ def esm2(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="esm2",
 ):
@@ -148,8 +149,8 @@ def esm2(
             `esm2_tasks()`.
         tower_units: list of int. Hidden layers of each of the four
             towers (may be empty). Defaults to `(128, 64)`.
-        activation, dropout, embeddings_regularizer: as in
-            `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -213,7 +214,9 @@ def esm2(
     }
     head = ESM2Head(dtype="float32", name="esm2_head")
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     branch_logits = [
         logits[b](towers[b](x) if towers[b] else x) for b in branches
     ]
@@ -257,6 +260,7 @@ def dupn(
     tower_units=(32,),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="dupn",
 ):
@@ -308,7 +312,8 @@ def dupn(
             Defaults to `(64,)`.
         tower_units: list of int. Hidden layers of each task tower (may be
             empty). Defaults to `(32,)`.
-        activation, dropout, embeddings_regularizer: as in `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -345,6 +350,7 @@ def dupn(
         sequence_feature,
         lstm_units=lstm_units,
         attention_units=attention_units,
+        embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
         name="dupn_encoder",
     )
@@ -374,6 +380,7 @@ def dupn(
     if item_specs:
         item_vector = InputBlock(
             item_specs,
+            embeddings_initializer=embeddings_initializer,
             embeddings_regularizer=embeddings_regularizer,
             name="item_block",
         )(item_inputs)
@@ -425,6 +432,7 @@ def youtube_ranker(
     bias_dropout=0.1,
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="youtube_ranker",
 ):
@@ -470,7 +478,8 @@ def youtube_ranker(
             linear). Defaults to `()`.
         bias_dropout: float in `[0, 1)`. Rate of dropping an example's bias
             while training. Defaults to `0.1`.
-        activation, dropout, embeddings_regularizer: as in `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -548,6 +557,7 @@ def youtube_ranker(
     main_inputs = make_inputs(main_specs)
     x = InputBlock(
         main_specs,
+        embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
         name="input_block",
     )(main_inputs)
@@ -563,6 +573,7 @@ def youtube_ranker(
     logits = main_model({f.name: inputs[f.name] for f in main_specs})
     bias_input = InputBlock(
         tower_specs,
+        embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
         name="bias_input_block",
     )({f.name: inputs[f.name] for f in tower_specs})
@@ -637,6 +648,7 @@ def cross_stitch(
     tower_units=(64, 32),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="cross_stitch",
 ):
@@ -654,8 +666,8 @@ def cross_stitch(
         tasks: list of at least two `keras_mtl.Task`.
         tower_units: list of int. Width of each level of every tower.
             Defaults to `(64, 32)`.
-        activation, dropout, embeddings_regularizer: as in
-            `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -694,7 +706,9 @@ def cross_stitch(
     ]
     heads = [task_head(t) for t in tasks]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     hidden = [x] * len(tasks)
     for layers, stitch in zip(levels, stitches):
         hidden = stitch([layer(h) for layer, h in zip(layers, hidden)])
@@ -709,6 +723,7 @@ def soft_sharing(
     penalty=1e-3,
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="soft_sharing",
 ):
@@ -727,8 +742,8 @@ def soft_sharing(
             `(64, 32)`.
         penalty: float `>= 0`. Weight of the L2 difference penalty.
             Defaults to `1e-3`.
-        activation, dropout, embeddings_regularizer: as in
-            `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -759,7 +774,9 @@ def soft_sharing(
     )
     heads = [task_head(t) for t in tasks]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     hidden = towers(x)
     outputs = {t.name: head(h) for t, head, h in zip(tasks, heads, hidden)}
     return keras.Model(inputs, outputs, name=name)
@@ -776,6 +793,7 @@ def pairwise_ranker(
     tower_units=(64, 32),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="pairwise_ranker",
 ):
@@ -798,8 +816,8 @@ def pairwise_ranker(
         list_size: int. Items per list. Defaults to `10`.
         tower_units: list of int. Hidden layers of the scorer. Defaults to
             `(64, 32)`.
-        activation, dropout, embeddings_regularizer: as in
-            `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -840,7 +858,9 @@ def pairwise_ranker(
     )
     score = keras.layers.Dense(1, dtype="float32", name="score")
     # Functional graph: the pointwise scorer.
-    item_inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    item_inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     scorer = keras.Model(
         item_inputs, {"score": score(hidden(x))}, name="scorer"
     )

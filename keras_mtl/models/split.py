@@ -93,8 +93,8 @@ def split_model(
             to `(64,)`.
         **builder_kwargs: arguments of the architecture's builder. `name`
             names the whole model (defaults to `"split_<architecture>"`);
-            `activation` and `embeddings_regularizer` also apply to the user
-            tower.
+            `activation`, `embeddings_initializer` and `embeddings_regularizer`
+            also apply to the user tower.
 
     Returns:
         A functional `keras.Model` with a dict of outputs keyed by task,
@@ -125,18 +125,19 @@ def split_model(
     user_names = _user_feature_names(features, user_features)
     user_specs = [f for f in features if f.name in user_names]
     item_specs = [f for f in features if f.name not in user_names]
-    regularizer = builder_kwargs.get("embeddings_regularizer")
-    user_block = InputBlock(
-        user_specs, embeddings_regularizer=regularizer, name="user_input_block"
-    )
+    embeddings = {
+        "embeddings_initializer": builder_kwargs.get(
+            "embeddings_initializer", "uniform"
+        ),
+        "embeddings_regularizer": builder_kwargs.get("embeddings_regularizer"),
+    }
+    user_block = InputBlock(user_specs, name="user_input_block", **embeddings)
     user_mlp = MLP(
         user_units,
         activation=builder_kwargs.get("activation", "relu"),
         name="user_mlp",
     )
-    item_block = InputBlock(
-        item_specs, embeddings_regularizer=regularizer, name="item_input_block"
-    )
+    item_block = InputBlock(item_specs, name="item_input_block", **embeddings)
 
     # Functional graph: user tower.
     user_inputs = make_inputs(user_specs)

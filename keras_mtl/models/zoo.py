@@ -96,11 +96,14 @@ def precomputed_input(inputs, x):
         _PRECOMPUTED.pop()
 
 
-def _inputs_and_embedding(features, embeddings_regularizer=None):
+def _inputs_and_embedding(
+    features, embeddings_regularizer=None, embeddings_initializer="uniform"
+):
     if _PRECOMPUTED:
         return _PRECOMPUTED[-1]
     block = InputBlock(
         features,
+        embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
         name="input_block",
     )
@@ -203,6 +206,7 @@ def shared_bottom(
     tower_units=(32,),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="shared_bottom",
@@ -218,6 +222,11 @@ def shared_bottom(
             empty). Defaults to `(32,)`.
         activation: str. Hidden activation. Defaults to `"relu"`.
         dropout: float. Dropout after each hidden layer. Defaults to `0.0`.
+        embeddings_initializer: str or `keras.initializers.Initializer`.
+            Initializer of the embedding tables. Defaults to `"uniform"`
+            (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
+            and torch-rechub start their tables at
+            `keras.initializers.RandomNormal(0.0, 1e-4)`.
         embeddings_regularizer: optional regularizer of the embedding tables.
         kl_bounds: list of `(chain_task_names, joint_task_name, weight)`.
             Each adds `weight * KLBound(prod(chain), joint)` as a training
@@ -246,7 +255,9 @@ def shared_bottom(
         bottom_units, activation=activation, dropout=dropout, name="bottom"
     )
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     shared = bottom(x)
     outputs = _towers_and_heads(
         [shared] * len(tasks), tasks, tower_units, activation, dropout
@@ -263,6 +274,11 @@ _COMMON_ARGS = """
             empty). Defaults to `(32,)`.
         activation: str. Hidden activation. Defaults to `"relu"`.
         dropout: float. Dropout in towers (and experts). Defaults to `0.0`.
+        embeddings_initializer: str or `keras.initializers.Initializer`.
+            Initializer of the embedding tables. Defaults to `"uniform"`
+            (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
+            and torch-rechub start their tables at
+            `keras.initializers.RandomNormal(0.0, 1e-4)`.
         embeddings_regularizer: optional regularizer of the embedding tables.
         kl_bounds: list of `(chain_task_names, joint_task_name, weight)`, as
             in `shared_bottom`."""
@@ -296,6 +312,7 @@ def shared_embedding_towers(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="shared_embedding_towers",
@@ -318,7 +335,9 @@ def shared_embedding_towers(
     )
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     outputs = _towers_and_heads(
         [x] * len(tasks), tasks, tower_units, activation, dropout
     )
@@ -337,6 +356,7 @@ def mmoe(
     single_gate=False,
     expert_normalization=None,
     tower_normalization=None,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="mmoe",
@@ -386,7 +406,9 @@ def mmoe(
         name="mmoe",
     )
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     outputs = _towers_and_heads(
         experts(x),
         tasks,
@@ -432,6 +454,7 @@ def ple(
     dropout=0.0,
     expert_normalization=None,
     tower_normalization=None,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     kl_bounds=None,
     name="ple",
@@ -496,7 +519,9 @@ def ple(
         for level in range(num_levels)
     ]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     branches = x
     for level in levels:
         branches = level(branches)
@@ -558,6 +583,7 @@ def esmm(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="esmm",
 ):
@@ -575,7 +601,8 @@ def esmm(
             (labels `click` and `conversion`); see there.
         tower_units: list of int. Hidden layers of the CTR and CVR towers.
             Defaults to `(128, 64)`.
-        activation, dropout, embeddings_regularizer: as in `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -633,7 +660,9 @@ def esmm(
     cvr_logit = keras.layers.Dense(1, dtype="float32", name="cvr_logit")
     head = ESMMHead(dtype="float32", name="esmm_head")
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     h_ctr = ctr_tower(x) if ctr_tower else x
     h_cvr = cvr_tower(x) if cvr_tower else x
     p_ctr, p_cvr, p_ctcvr = head([ctr_logit(h_ctr), cvr_logit(h_cvr)])
@@ -652,6 +681,7 @@ def aitm(
     activation="relu",
     dropout=0.0,
     calibrator_weight=0.6,
+    embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="aitm",
 ):
@@ -670,7 +700,8 @@ def aitm(
             `space` (every step is modelled on every impression).
         tower_units: list of int. Hidden layers of each tower; the last width
             is the transfer width. Defaults to `(128, 64)`.
-        activation, dropout, embeddings_regularizer: as in `shared_bottom`.
+        activation, dropout, embeddings_initializer,
+            embeddings_regularizer: as in `shared_bottom`.
         calibrator_weight: float. Weight of the calibrator loss. Defaults to
             `0.6` (the paper's value).
         name: str. Model name.
@@ -720,7 +751,9 @@ def aitm(
         for t in tasks[1:]
     ]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(features, embeddings_regularizer)
+    inputs, x = _inputs_and_embedding(
+        features, embeddings_regularizer, embeddings_initializer
+    )
     outputs = {}
     z_prev = towers[0](x)
     p_prev = heads[0](z_prev)
