@@ -18,6 +18,7 @@ when it exists, else under the current interpreter (`--python` overrides).
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -847,6 +848,40 @@ def _git_revision():
         return "unknown"
 
 
+def _source_digest():
+    """A digest of keras-mtl's Python source, as the next worker imports it.
+
+    Every worker imports `keras_mtl` afresh, so an edit made while a suite
+    runs changes the code of the runs after it (it happened: a 2026-11-22
+    run mixed two versions of `keras_mtl.data`). The digest is stored with
+    every run, and `render_quality` warns when the runs of a section differ.
+    """
+    digest = hashlib.sha256()
+    package = os.path.join(ROOT, "keras_mtl")
+    for folder, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, package).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+def _source_warning(records):
+    """The section's warning line when its runs ran different source."""
+    sources = {r["source"] for r in records if "source" in r}
+    if len(sources) < 2:
+        return None
+    return (
+        "- **Warning: keras-mtl's source changed during the run**: the runs "
+        f"imported {len(sources)} different versions of `keras_mtl` (see "
+        "each run's `source` digest), so these results do not come from one "
+        "tree."
+    )
+
+
 def _settings(meta):
     """What must match for earlier records to be reused by `--resume`."""
     keys = ("quick", "adult_epochs", "funnel_n", "funnel_epochs", "threads")
@@ -886,6 +921,7 @@ def suite_quality(opts):
         "seeds": opts.seeds,
         "machine": _machine(),
         "git": _git_revision(),
+        "source": _source_digest(),
         "python_path": python,
         "adult_epochs": epochs,
         "funnel_n": f_n,
@@ -958,6 +994,7 @@ def suite_quality(opts):
                     ]
                 else:
                     extra += ["--epochs", str(f_epochs), "--n", str(f_n)]
+                source = _source_digest()
                 record = _run_worker(
                     python, bench, extra, _thread_env(opts.threads), log=log
                 )
@@ -967,6 +1004,7 @@ def suite_quality(opts):
                         "library": library,
                         "model": model,
                         "seed": seed,
+                        "source": source,
                     }
                 )
             records.append(record)
@@ -1119,6 +1157,9 @@ def render_quality(meta, records, results_path):
     )
     add(f"- Command: `{meta['command']}`")
     add(f"- Tree: git {meta['git']}")
+    warning = _source_warning(records)
+    if warning:
+        add(warning)
     add(
         f"- Python {meta.get('python', '?')}; "
         + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None)

@@ -628,8 +628,11 @@ def suite_train(opts):
                 "--policy", policy,
                 "--data-dir", opts.data_dir,
             ]  # fmt: skip
+            source = bench._source_digest()
             record = _run(opts.python, "train", extra, env, log)
-            record.update(dataset=dataset, model=model, library=library)
+            record.update(
+                dataset=dataset, model=model, library=library, source=source
+            )
             print(json.dumps(_brief(record)), flush=True)
             records.append(record)
             out.write(json.dumps(record) + "\n")
@@ -709,6 +712,9 @@ def render_train(meta, records, results_path):
         "library; one process per run, run one after the other.",
         f"- Versions: {_versions(meta)}.",
     ]
+    warning = bench._source_warning(records)
+    if warning:
+        lines.append(warning)
     if meta.get("matmul_gflops"):
         lines.append(
             f"- Measured float32 matmul peak (2048 x 2048, TensorFlow): "
