@@ -921,7 +921,6 @@ def suite_quality(opts):
         "seeds": opts.seeds,
         "machine": _machine(),
         "git": _git_revision(),
-        "source": _source_digest(),
         "python_path": python,
         "adult_epochs": epochs,
         "funnel_n": f_n,

@@ -6,6 +6,7 @@ from keras import ops
 from keras_mtl import features as features_lib
 from keras_mtl.layers.attention_pooling import AttentionPooling
 from keras_mtl.layers.input_block import InputBlock
+from keras_mtl.layers.input_block import resolve_embedding_args
 from keras_mtl.layers.mlp import _clone_initializer
 from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.layers.mlp import _is_positive_int
@@ -116,15 +117,10 @@ class DUPNEncoder(keras.layers.Layer):
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
         )
-        self.embeddings_initializer = _get_or_raise(
-            keras.initializers.get,
-            "embeddings_initializer",
-            embeddings_initializer,
-        )
-        self.embeddings_regularizer = _get_or_raise(
-            keras.regularizers.get,
-            "embeddings_regularizer",
-            embeddings_regularizer,
+        self.embeddings_initializer, self.embeddings_regularizer = (
+            resolve_embedding_args(
+                embeddings_initializer, embeddings_regularizer
+            )
         )
         self.context_features = [
             f for f in self.features if f.name != sequence_feature

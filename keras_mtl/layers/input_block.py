@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_mtl import features as features_lib
 from keras_mtl.layers.missing_value_layer import MissingValueLayer
+from keras_mtl.layers.mlp import _clone_initializer
 from keras_mtl.layers.mlp import _get_or_raise
 
 
@@ -36,8 +37,22 @@ def make_inputs(features):
     return inputs
 
 
-def _clone(initializer):
-    return initializer.__class__.from_config(initializer.get_config())
+def resolve_embedding_args(embeddings_initializer, embeddings_regularizer):
+    """`(initializer, regularizer)` of embedding tables, resolved with
+    `keras.initializers.get` / `keras.regularizers.get`; a value neither
+    understands is refused with the argument's name."""
+    return (
+        _get_or_raise(
+            keras.initializers.get,
+            "embeddings_initializer",
+            embeddings_initializer,
+        ),
+        _get_or_raise(
+            keras.regularizers.get,
+            "embeddings_regularizer",
+            embeddings_regularizer,
+        ),
+    )
 
 
 class _IdentityLookup:
@@ -124,15 +139,10 @@ class InputBlock(keras.layers.Layer):
             )
         self.learned_fill = learned_fill
         self.features = features_lib.validate_features(features)
-        self.embeddings_initializer = _get_or_raise(
-            keras.initializers.get,
-            "embeddings_initializer",
-            embeddings_initializer,
-        )
-        self.embeddings_regularizer = _get_or_raise(
-            keras.regularizers.get,
-            "embeddings_regularizer",
-            embeddings_regularizer,
+        self.embeddings_initializer, self.embeddings_regularizer = (
+            resolve_embedding_args(
+                embeddings_initializer, embeddings_regularizer
+            )
         )
         self.numeric = [
             f
@@ -216,7 +226,9 @@ class InputBlock(keras.layers.Layer):
             table = keras.layers.Embedding(
                 input_dim=sizes[dim],
                 output_dim=dim,
-                embeddings_initializer=_clone(self.embeddings_initializer),
+                embeddings_initializer=_clone_initializer(
+                    self.embeddings_initializer
+                ),
                 embeddings_regularizer=self.embeddings_regularizer,
                 dtype=self.dtype_policy,
                 name=f"embedding_{dim}",

@@ -215,7 +215,7 @@ def esm2(
     head = ESM2Head(dtype="float32", name="esm2_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     branch_logits = [
         logits[b](towers[b](x) if towers[b] else x) for b in branches
@@ -707,7 +707,7 @@ def cross_stitch(
     heads = [task_head(t) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     hidden = [x] * len(tasks)
     for layers, stitch in zip(levels, stitches):
@@ -775,7 +775,7 @@ def soft_sharing(
     heads = [task_head(t) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     hidden = towers(x)
     outputs = {t.name: head(h) for t, head, h in zip(tasks, heads, hidden)}
@@ -859,7 +859,7 @@ def pairwise_ranker(
     score = keras.layers.Dense(1, dtype="float32", name="score")
     # Functional graph: the pointwise scorer.
     item_inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     scorer = keras.Model(
         item_inputs, {"score": score(hidden(x))}, name="scorer"

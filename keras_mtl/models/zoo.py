@@ -97,7 +97,7 @@ def precomputed_input(inputs, x):
 
 
 def _inputs_and_embedding(
-    features, embeddings_regularizer=None, embeddings_initializer="uniform"
+    features, embeddings_initializer="uniform", embeddings_regularizer=None
 ):
     if _PRECOMPUTED:
         return _PRECOMPUTED[-1]
@@ -221,13 +221,8 @@ def shared_bottom(
         tower_units: list of int. Hidden layers of each task tower (may be
             empty). Defaults to `(32,)`.
         activation: str. Hidden activation. Defaults to `"relu"`.
-        dropout: float. Dropout after each hidden layer. Defaults to `0.0`.
-        embeddings_initializer: str or `keras.initializers.Initializer`.
-            Initializer of the embedding tables. Defaults to `"uniform"`
-            (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
-            and torch-rechub start their tables at
-            `keras.initializers.RandomNormal(0.0, 1e-4)`.
-        embeddings_regularizer: optional regularizer of the embedding tables.
+        dropout: float. Dropout after each hidden layer. Defaults to
+            `0.0`.{embeddings}
         kl_bounds: list of `(chain_task_names, joint_task_name, weight)`.
             Each adds `weight * KLBound(prod(chain), joint)` as a training
             loss (see `keras_mtl.layers.KLBoundPenalty`). Defaults to none.
@@ -256,7 +251,7 @@ def shared_bottom(
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     shared = bottom(x)
     outputs = _towers_and_heads(
@@ -267,21 +262,29 @@ def shared_bottom(
     return keras.Model(inputs, outputs, name=name)
 
 
-_COMMON_ARGS = """
-        features: list of feature specs.
-        tasks: list of `keras_mtl.Task`.
-        tower_units: list of int. Hidden layers of each task tower (may be
-            empty). Defaults to `(32,)`.
-        activation: str. Hidden activation. Defaults to `"relu"`.
-        dropout: float. Dropout in towers (and experts). Defaults to `0.0`.
+# The embedding arguments every builder documents (`shared_bottom` and
+# `_COMMON_ARGS`).
+_EMBEDDINGS_ARGS = """
         embeddings_initializer: str or `keras.initializers.Initializer`.
             Initializer of the embedding tables. Defaults to `"uniform"`
             (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
             and torch-rechub start their tables at
             `keras.initializers.RandomNormal(0.0, 1e-4)`.
-        embeddings_regularizer: optional regularizer of the embedding tables.
+        embeddings_regularizer: optional regularizer of the embedding tables."""
+
+_COMMON_ARGS = (
+    """
+        features: list of feature specs.
+        tasks: list of `keras_mtl.Task`.
+        tower_units: list of int. Hidden layers of each task tower (may be
+            empty). Defaults to `(32,)`.
+        activation: str. Hidden activation. Defaults to `"relu"`.
+        dropout: float. Dropout in towers (and experts). Defaults to `0.0`."""
+    + _EMBEDDINGS_ARGS
+    + """
         kl_bounds: list of `(chain_task_names, joint_task_name, weight)`, as
             in `shared_bottom`."""
+)
 
 
 # Normalization inside the task towers of the mixture-of-experts builders.
@@ -336,7 +339,7 @@ def shared_embedding_towers(
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     outputs = _towers_and_heads(
         [x] * len(tasks), tasks, tower_units, activation, dropout
@@ -407,7 +410,7 @@ def mmoe(
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     outputs = _towers_and_heads(
         experts(x),
@@ -520,7 +523,7 @@ def ple(
     ]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     branches = x
     for level in levels:
@@ -661,7 +664,7 @@ def esmm(
     head = ESMMHead(dtype="float32", name="esmm_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     h_ctr = ctr_tower(x) if ctr_tower else x
     h_cvr = cvr_tower(x) if cvr_tower else x
@@ -752,7 +755,7 @@ def aitm(
     ]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_regularizer, embeddings_initializer
+        features, embeddings_initializer, embeddings_regularizer
     )
     outputs = {}
     z_prev = towers[0](x)
@@ -986,6 +989,9 @@ def _build_training_state(model, tasks):
     model.reset_metrics()
 
 
+shared_bottom.__doc__ = shared_bottom.__doc__.replace(
+    "{embeddings}", _EMBEDDINGS_ARGS
+)
 for _builder in (shared_embedding_towers, mmoe, ple):
     _builder.__doc__ = _builder.__doc__.replace(
         "{common}", _COMMON_ARGS
