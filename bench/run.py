@@ -58,6 +58,11 @@ FUNNEL_PATIENCE = 2
 # L2 weight on the embedding tables of both funnel models (user and item ids
 # overfit the click signal within an epoch without it).
 FUNNEL_EMBEDDING_L2 = 1e-3
+# ESCM²-IPS row (not part of the bar): loss weight of the counterfactual
+# CVR term (`esmm_tasks(cvr_weight=...)` with `propensity={"cvr": "ctr"}`),
+# chosen from {0.1, 1.0} on the validation split (docs/BENCHMARKS.md).
+FUNNEL_ESCM2_CVR_WEIGHT = 0.1
+FUNNEL_MODELS = ("esmm", "escm2", "naive")
 
 QUICK = {"adult_epochs": 2, "funnel_n": 40_000, "funnel_epochs": 1}
 
@@ -601,6 +606,7 @@ def worker_funnel(args):
     import keras_mtl
     from keras_mtl import data as data_lib
     from keras_mtl import models
+    from keras_mtl import training
     from keras_mtl.datasets import FUNNEL_LABELS
     from keras_mtl.datasets import synthetic_funnel
 
@@ -619,8 +625,12 @@ def worker_funnel(args):
     # ESMM that is the `cvr` output's, which `esmm_tasks` measures on
     # clicked rows only; the naive model sees clicked rows only anyway.
     regularizer = keras.regularizers.L2(FUNNEL_EMBEDDING_L2)
-    if args.model == "esmm":
-        tasks = models.esmm_tasks()
+    if args.model in ("esmm", "escm2"):
+        # ESCM²-IPS is ESMM plus the clicked rows' CVR loss weighted by the
+        # inverse of the model's own pCTR.
+        tasks = models.esmm_tasks(
+            cvr_weight=FUNNEL_ESCM2_CVR_WEIGHT if args.model == "escm2" else 0
+        )
         model = models.esmm(features, tasks, embeddings_regularizer=regularizer)
         output = "cvr"
         monitor = "val_cvr_logloss"
@@ -670,14 +680,24 @@ def worker_funnel(args):
 
     diagnostic = EntireSpaceAUC()
     start = time.perf_counter()
-    models.compile_model(model, tasks, learning_rate=LEARNING_RATE)
+    if args.model == "escm2":
+        trainer = training.compile(
+            model,
+            tasks,
+            propensity={"cvr": "ctr"},
+            learning_rate=LEARNING_RATE,
+        )
+    else:
+        trainer = models.compile_model(
+            model, tasks, learning_rate=LEARNING_RATE
+        )
     stop = keras.callbacks.EarlyStopping(
         monitor=monitor,
         mode="min",
         patience=FUNNEL_PATIENCE,
         restore_best_weights=True,
     )
-    history = model.fit(
+    history = trainer.fit(
         data_lib.from_dataframe(
             fit_train, features, tasks, FUNNEL_BATCH, True, args.seed
         ),
@@ -956,7 +976,7 @@ def suite_quality(opts):
             for model in models:
                 jobs.append(("adult", library, model, seed))
         if not opts.only or "funnel" in opts.only:
-            for model in ("esmm", "naive"):
+            for model in FUNNEL_MODELS:
                 jobs.append(("funnel", "keras_mtl", model, seed))
     # With --resume, earlier runs outside this run's jobs (other seeds,
     # libraries left out with --only) are kept, so a suite can be completed
@@ -1335,7 +1355,13 @@ def render_quality(meta, records, results_path):
         f"naive model; patience {FUNNEL_PATIENCE}, best weights restored). "
         "Both models put an L2 penalty of "
         f"{FUNNEL_EMBEDDING_L2:g} on their embedding tables "
-        "(`embeddings_regularizer=keras.regularizers.L2(...)`)."
+        "(`embeddings_regularizer=keras.regularizers.L2(...)`). The "
+        "ESCM²-IPS row is ESMM trained the same way plus ESCM²'s "
+        "counterfactual CVR loss with weight "
+        f"{FUNNEL_ESCM2_CVR_WEIGHT:g} (the clicked rows' CVR log loss, each "
+        "row weighted by the inverse of the model's own pCTR clipped at "
+        "0.05, self-normalised); it stops on the same `val_cvr_logloss`. "
+        "It is shown beside the bar, not part of it."
     )
     add("")
     add(
@@ -1348,11 +1374,14 @@ def render_quality(meta, records, results_path):
     labels = {
         "esmm": "ESMM `esmm(features, esmm_tasks(), "
         "embeddings_regularizer=l2)`, towers [128, 64]",
+        "escm2": "ESCM²-IPS: the same `esmm` with `esmm_tasks(cvr_weight="
+        f"{FUNNEL_ESCM2_CVR_WEIGHT:g})`, trained by `keras_mtl.training."
+        "compile(model, tasks, propensity={'cvr': 'ctr'})`",
         "naive": "naive: `shared_bottom(features, [Task('conversion')], "
         "bottom_units=(128, 64), tower_units=(), "
         "embeddings_regularizer=l2)` on `click == 1` rows",
     }
-    for model in ("esmm", "naive"):
+    for model in FUNNEL_MODELS:
         ok = [r for r in funnel if r["model"] == model and "error" not in r]
         bad = [r for r in funnel if r["model"] == model and "error" in r]
         if not ok and not bad:
@@ -1412,6 +1441,20 @@ def render_quality(meta, records, results_path):
         add(
             "**Bar: ESMM's entire-space CVR AUC > the naive model's**: "
             "not measured (runs failed)."
+        )
+    escm2_aucs = f_summary.get("escm2", {})
+    beside = sorted(set(escm2_aucs) & set(naive_aucs) & set(esmm_aucs))
+    if beside:
+        c = _mean([escm2_aucs[s] for s in beside])
+        add("")
+        add(
+            f"Beside the bar, ESCM²-IPS: mean {c:.4f}, against ESMM "
+            f"{_mean([esmm_aucs[s] for s in beside]):.4f} and the naive model "
+            f"{_mean([naive_aucs[s] for s in beside]):.4f}; higher than the "
+            f"naive model on "
+            f"{sum(escm2_aucs[s] > naive_aucs[s] for s in beside)} and than "
+            f"ESMM on {sum(escm2_aucs[s] > esmm_aucs[s] for s in beside)} of "
+            f"{len(beside)} seeds."
         )
     add("")
 

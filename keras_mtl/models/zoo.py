@@ -564,18 +564,48 @@ def cgc(features, tasks, name="cgc", **kwargs):
 ESMM_OUTPUTS = ("ctr", "cvr", "ctcvr")
 
 
-def esmm_tasks(click_label="click", conversion_label="conversion"):
+def esmm_tasks(
+    click_label="click", conversion_label="conversion", cvr_weight=0.0
+):
     """The tasks of `esmm`: `ctr`, `cvr` and `ctcvr`.
 
     `ctr` learns the click label and `ctcvr` the click-and-convert label
     (the conversion column, 0 wherever there was no click), both on every
     impression. `cvr` is monitored on clicked rows (`space="ctr"`) with loss
-    weight 0: it gets no gradient of its own, only through `ctcvr`, as ESMM
-    prescribes; its metrics are the usual clicked-space CVR metrics.
+    weight `cvr_weight`, 0 by default: it gets no gradient of its own, only
+    through `ctcvr`, as ESMM prescribes; its metrics are the usual
+    clicked-space CVR metrics.
+
+    A nonzero `cvr_weight` trains `cvr` on the clicked rows as well. Alone
+    (`compile_model`) that is a clicked-row CVR loss; with
+    `keras_mtl.training.compile(model, tasks, propensity={"cvr": "ctr"})`
+    each clicked row is weighted by the inverse of the model's pCTR, which
+    makes it ESCM²'s counterfactual (IPS) CVR loss over the entire space.
+
+    Args:
+        click_label: str. Column of the click label. Defaults to `"click"`.
+        conversion_label: str. Column of the conversion label, 0 without a
+            click. Defaults to `"conversion"`.
+        cvr_weight: float >= 0. Loss weight of `cvr`. Defaults to `0.0`.
+
+    Returns:
+        A list of three `keras_mtl.Task`.
+
+    Example:
+
+    >>> tasks = keras_mtl.models.esmm_tasks(cvr_weight=0.1)
+    >>> model = keras_mtl.models.esmm(specs, tasks)
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, propensity={"cvr": "ctr"})  # ESCM²-IPS
+
+    References:
+        Wang et al., "ESCM²: Entire Space Counterfactual Multi-Task Model
+        for Post-Click Conversion Rate Estimation", SIGIR 2022.
+        https://arxiv.org/abs/2204.05125
     """
     return [
         Task("ctr", label=click_label),
-        Task("cvr", label=conversion_label, space="ctr", weight=0.0),
+        Task("cvr", label=conversion_label, space="ctr", weight=cvr_weight),
         Task("ctcvr", label=conversion_label),
     ]
 

@@ -28,8 +28,9 @@ def save_model(model, filepath, overwrite=True, serving_model=None, **kwargs):
     For a `keras_mtl.training.MultiTaskModel`, writes its plain functional
     `model` to `filepath` (a `.keras` file that loads and predicts with
     plain Keras) and the weighting strategy (config and state: learned
-    log-variances, GradNorm weights, DWA loss history) to
-    `<stem>.weighting.json` beside it, which `warm_start` reads back. Any
+    log-variances, GradNorm weights, DWA loss history) and its inverse
+    propensity weighting to `<stem>.weighting.json` beside it, which
+    `warm_start` reads back. Any
     other model is saved as is.
 
     Args:
@@ -64,6 +65,8 @@ def save_model(model, filepath, overwrite=True, serving_model=None, **kwargs):
             },
             "state": strategy.get_state(),
             "tasks": [t.get_config() for t in model.tasks],
+            "propensity": model.propensity or None,
+            "min_propensity": model.min_propensity,
         }
         with open(_sidecar(filepath), "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
@@ -78,6 +81,8 @@ def warm_start(
     weighting=None,
     lr_multipliers=None,
     restore_weighting_state=True,
+    propensity=None,
+    min_propensity=None,
     **compile_kwargs,
 ):
     """Loads yesterday's model and compiles it to continue on new data.
@@ -98,6 +103,10 @@ def warm_start(
         restore_weighting_state: bool. Restore the saved strategy state
             (learned log-variances, GradNorm weights, DWA history) when the
             strategy is the saved one. Defaults to `True`.
+        propensity: dict or None, as in `keras_mtl.training.compile`.
+            Defaults to the saved one (`{}` turns it off).
+        min_propensity: float or None. Defaults to the saved one, else
+            `0.05`.
         **compile_kwargs: passed to `keras_mtl.models.compile_model`
             (`learning_rate`, `optimizer`, ...).
 
@@ -132,11 +141,17 @@ def warm_start(
             weighting if isinstance(weighting, str) else weighting.get("name")
         )
         restore = name == saved["weighting"]["name"]
+    if propensity is None:
+        propensity = (saved or {}).get("propensity")
+    if min_propensity is None:
+        min_propensity = (saved or {}).get("min_propensity") or 0.05
     wrapper = compile_mtl(
         model,
         tasks,
         weighting=weighting,
         lr_multipliers=lr_multipliers,
+        propensity=propensity or None,
+        min_propensity=min_propensity,
         **compile_kwargs,
     )
     if restore and restore_weighting_state:

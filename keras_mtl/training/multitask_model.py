@@ -48,6 +48,53 @@ def _check_lr_multipliers(lr_multipliers, tasks):
     return checked
 
 
+def _check_propensity(propensity, min_propensity, tasks):
+    if (
+        isinstance(min_propensity, bool)
+        or not isinstance(min_propensity, (int, float))
+        or not 0 < min_propensity <= 1
+    ):
+        raise ValueError(
+            "`min_propensity` must be a number in (0, 1]. "
+            f"Received: min_propensity={min_propensity!r}"
+        )
+    if propensity is None:
+        return {}
+    by_name = {t.name: t for t in tasks}
+    if not isinstance(propensity, dict):
+        raise ValueError(
+            "`propensity` must be a dict {task_name: propensity_task_name}. "
+            f"Received: propensity={propensity!r}"
+        )
+    for name, source in propensity.items():
+        if name not in by_name:
+            raise ValueError(
+                f"`propensity` names unknown task '{name}'. "
+                f"Tasks: {list(by_name)}"
+            )
+        if source not in by_name or source == name:
+            raise ValueError(
+                f"`propensity['{name}']` must name another task, whose "
+                f"prediction is the probability that '{name}' is observed. "
+                f"Received: {source!r}. Tasks: {list(by_name)}"
+            )
+        if by_name[source].kind != "binary":
+            raise ValueError(
+                f"`propensity['{name}']` names task '{source}' of kind "
+                f"'{by_name[source].kind}'; a propensity must be the "
+                "probability output of a binary task."
+            )
+        space = by_name[name].space
+        if space is not None and space != source:
+            raise ValueError(
+                f"Task '{name}' is observed where '{space}' is positive "
+                f"(its `space`), so its propensity is the prediction of "
+                f"'{space}', not of '{source}'. Received: "
+                f"propensity['{name}']={source!r}"
+            )
+    return dict(propensity)
+
+
 def _as_loss(loss, task):
     """A loss instance; functions and names get the masked reduction."""
     if isinstance(loss, keras.losses.Loss):
@@ -127,6 +174,19 @@ class MultiTaskModel(keras.Model):
     weighting strategy. A task that owns no variable (every layer before
     its output is shared, as in ESMM) is refused.
 
+    Inverse propensity weighting: `propensity={"cvr": "ctr"}` divides the
+    sample weight of task `cvr` (1 on the clicked rows of its space, 0
+    elsewhere) by the model's own click probability, `clip(ctr,
+    min_propensity, 1)`, with the gradient stopped. With the default
+    `"mean_with_sample_weight"` reduction the task's loss is the
+    self-normalised inverse-propensity estimate of its loss over the
+    *entire* impression space, `sum(o * l / p) / sum(o / p)`: the
+    counterfactual CVR risk of ESCM² (Wang et al., SIGIR 2022), which
+    corrects the clicked-row loss for the rows that were not clicked. Give
+    the task a nonzero weight (`esmm_tasks(cvr_weight=...)`): ESMM's `cvr`
+    has weight 0. The task's metrics keep the plain sample weights (they
+    still measure the clicked rows).
+
     Args:
         model: functional `keras.Model` with a dict of outputs keyed by task.
         tasks: list of `keras_mtl.Task`.
@@ -137,6 +197,13 @@ class MultiTaskModel(keras.Model):
         shared_layer: str or None. Layer whose weights GradNorm measures
             gradient norms on. Defaults to the last layer shared by every
             weighted task.
+        propensity: dict `{task_name: propensity_task_name}` or None. Weight
+            each listed task's loss by the inverse of the other task's
+            prediction (see above). A task with a `space` takes the
+            prediction of that space's task. Defaults to None.
+        min_propensity: float in (0, 1]. Propensities are clipped to at
+            least this, so no row weighs more than `1 / min_propensity`
+            times a row predicted certain. Defaults to `0.05`.
         **kwargs: standard `keras.Model` arguments (`name`).
 
     Example:
@@ -156,6 +223,8 @@ class MultiTaskModel(keras.Model):
         weighting="fixed",
         lr_multipliers=None,
         shared_layer=None,
+        propensity=None,
+        min_propensity=0.05,
         **kwargs,
     ):
         kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_mtl")
@@ -180,6 +249,8 @@ class MultiTaskModel(keras.Model):
             )
         self.weighting.setup(tasks)
         self.lr_multipliers = _check_lr_multipliers(lr_multipliers, tasks)
+        self.propensity = _check_propensity(propensity, min_propensity, tasks)
+        self.min_propensity = float(min_propensity)
         for name in self.lr_multipliers:
             if not any(o == {name} for o in self._owners.values()):
                 raise ValueError(
@@ -296,12 +367,28 @@ class MultiTaskModel(keras.Model):
             if isinstance(sample_weight, dict):
                 weight = sample_weight.get(task.name)
             pred = y_pred[task.name]
+            if task.name in self.propensity:
+                weight = self._inverse_propensity(
+                    weight, y_pred[self.propensity[task.name]]
+                )
             value = ops.cast(loss_fn(y[task.name], pred, weight), "float32")
             tracker.update_state(
                 value, sample_weight=ops.cast(ops.shape(pred)[0], "float32")
             )
             values.append(value)
         return ops.stack(values)
+
+    def _inverse_propensity(self, weight, propensity):
+        """`weight / clip(propensity)`, the propensity without gradient."""
+        p = ops.clip(
+            ops.stop_gradient(ops.cast(propensity, "float32")),
+            self.min_propensity,
+            1.0,
+        )
+        if weight is None:
+            return ops.reshape(1.0 / p, (-1,))
+        weight = ops.cast(weight, "float32")
+        return weight / ops.reshape(p, ops.shape(weight))
 
     def _extra_loss(self):
         extra = [self._aggregate_additional_loss(x) for x in self.losses]
@@ -432,6 +519,8 @@ class MultiTaskModel(keras.Model):
             ),
             "lr_multipliers": self.lr_multipliers or None,
             "shared_layer": self.shared_layer,
+            "propensity": self.propensity or None,
+            "min_propensity": self.min_propensity,
         }
 
     @classmethod
@@ -450,6 +539,8 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
     weighting="fixed",
     lr_multipliers=None,
     shared_layer=None,
+    propensity=None,
+    min_propensity=0.05,
     **compile_kwargs,
 ):
     """Wraps a zoo model in a `MultiTaskModel` and compiles it.
@@ -470,6 +561,12 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
             multipliers of task-owned variables (see `MultiTaskModel`).
         shared_layer: str or None. GradNorm's shared layer. Defaults to the
             last layer every weighted task shares.
+        propensity: dict `{task_name: propensity_task_name}` or None.
+            Inverse propensity weighting of task losses (see
+            `MultiTaskModel`; ESCM²'s counterfactual CVR loss is
+            `propensity={"cvr": "ctr"}` on `esmm`).
+        min_propensity: float. Lower clip of the propensities. Defaults to
+            `0.05`.
         **compile_kwargs: `compile_model` arguments (`optimizer`,
             `learning_rate`, `loss`, `loss_weights`, `metrics`, and
             `keras.Model.compile` arguments).
@@ -494,6 +591,8 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         weighting=weighting,
         lr_multipliers=lr_multipliers,
         shared_layer=shared_layer,
+        propensity=propensity,
+        min_propensity=min_propensity,
     )
     models_lib.compile_model(wrapper, tasks, **compile_kwargs)
     return wrapper
