@@ -66,6 +66,11 @@ DEFAULTS = {
         # Loss weighting: a keras_mtl.training strategy name, or a mapping
         # {name: gradnorm, alpha: 1.5}.
         "weighting": "fixed",
+        # Inverse propensity weighting of task losses, {task: propensity
+        # task}, e.g. {cvr: ctr} for ESCM²'s counterfactual CVR loss on
+        # esmm (see keras_mtl.training.MultiTaskModel).
+        "propensity": None,
+        "min_propensity": 0.05,
         # Steps per epoch: None means one pass over the training data.
         # Required for distributed training on files.
         "steps_per_epoch": None,
@@ -183,6 +188,7 @@ def resolve_config(config=None):
 
     # Unknown strategies and strategy arguments fail here too.
     weighting_lib.get(training["weighting"])
+    _check_propensity_fields(training)
     if not isinstance(training["fast_path"], bool):
         raise ValueError(
             "`training.fast_path` must be true or false. "
@@ -219,10 +225,38 @@ def resolve_config(config=None):
         {k: v for k, v in model.items() if k != "architecture"},
     )
     if resolved["tasks"] is not None:
-        resolved["tasks"] = [
-            t.get_config() for t in validate_tasks(resolved["tasks"])
-        ]
+        tasks = validate_tasks(resolved["tasks"])
+        resolved["tasks"] = [t.get_config() for t in tasks]
+        if training["propensity"]:
+            # With the tasks in the config, the propensity's task names
+            # fail here, before any data is read (else in `train`).
+            from keras_mtl.training.multitask_model import check_propensity
+
+            check_propensity(
+                training["propensity"],
+                training["min_propensity"],
+                models_lib.tasks_for(model["architecture"], tasks),
+            )
     return resolved
+
+
+def _check_propensity_fields(training):
+    """The shape of `training.propensity`; task names are checked in `train`."""
+    propensity = training["propensity"]
+    if propensity is not None and (
+        not isinstance(propensity, dict)
+        or not all(
+            isinstance(k, str) and isinstance(v, str)
+            for k, v in propensity.items()
+        )
+    ):
+        raise ValueError(
+            "`training.propensity` must be null or a mapping {task: "
+            f"propensity_task}}. Received: propensity={propensity!r}"
+        )
+    from keras_mtl.training.multitask_model import check_propensity
+
+    check_propensity(None, training["min_propensity"], [])
 
 
 def _check_distributed(config):
@@ -260,6 +294,13 @@ def _check_distributed(config):
                     f"Received: {key}={training[key]!r}"
                 )
         return
+    if training["propensity"]:
+        raise ValueError(
+            "`training.propensity` is not supported with `training."
+            "distributed: true`: the distributed loop weights each task's "
+            "global masked loss by its `weight` only. Received: "
+            f"propensity={training['propensity']!r}"
+        )
     weighting = training["weighting"]
     name = weighting.get("name") if isinstance(weighting, dict) else weighting
     if name != "fixed":
@@ -640,8 +681,14 @@ def train(config=None, verbose=1):
     architecture = model_kwargs.pop("architecture")
     features = _resolve_features(config, source, tasks)
     tasks = models_lib.tasks_for(architecture, tasks)
-    model = models_lib.build(architecture, features, tasks, **model_kwargs)
     from keras_mtl import training as training_lib
+
+    # Task names in `training.propensity` are known only now; they fail
+    # before the model is built.
+    training_lib.check_propensity(
+        training["propensity"], training["min_propensity"], tasks
+    )
+    model = models_lib.build(architecture, features, tasks, **model_kwargs)
 
     # `fit_model` trains with the weighting strategy; `model` is served.
     # On the fast path `fit_model` wraps `model`'s encoded twin, which
@@ -651,6 +698,8 @@ def train(config=None, verbose=1):
         train_model or model,
         tasks,
         weighting=training["weighting"],
+        propensity=training["propensity"],
+        min_propensity=training["min_propensity"],
         learning_rate=training["learning_rate"],
         jit_compile=train_model is not None,
         steps_per_execution=training["steps_per_execution"],

@@ -3,8 +3,10 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `PCGradWeighting`; per-task learning-rate multipliers; task weights
-  logged every epoch (`TaskWeightLogger`).
+  `PCGradWeighting`; per-task learning-rate multipliers; inverse
+  propensity weighting of a task's loss by another task's prediction
+  (`propensity=`, ESCM²'s counterfactual CVR loss); task weights logged
+  every epoch (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -26,6 +28,7 @@ from keras_mtl.training.incremental import model_features
 from keras_mtl.training.incremental import save_model
 from keras_mtl.training.incremental import warm_start
 from keras_mtl.training.multitask_model import MultiTaskModel
+from keras_mtl.training.multitask_model import check_propensity
 from keras_mtl.training.multitask_model import compile
 from keras_mtl.training.weighting import STRATEGIES
 from keras_mtl.training.weighting import DWAWeighting
@@ -54,6 +57,7 @@ __all__ = [
     "UncertaintyWeighting",
     "WeightingStrategy",
     "category_ids",
+    "check_propensity",
     "compile",
     "dwa_weights",
     "gate_diagnostics",

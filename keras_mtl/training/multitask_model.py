@@ -48,7 +48,12 @@ def _check_lr_multipliers(lr_multipliers, tasks):
     return checked
 
 
-def _check_propensity(propensity, min_propensity, tasks):
+def check_propensity(propensity, min_propensity, tasks):
+    """Validates `propensity` and `min_propensity` against `tasks`.
+
+    Returns the propensity mapping (`{}` for None); raises a ValueError
+    naming the field otherwise.
+    """
     if (
         isinstance(min_propensity, bool)
         or not isinstance(min_propensity, (int, float))
@@ -83,6 +88,13 @@ def _check_propensity(propensity, min_propensity, tasks):
                 f"`propensity['{name}']` names task '{source}' of kind "
                 f"'{by_name[source].kind}'; a propensity must be the "
                 "probability output of a binary task."
+            )
+        if by_name[name].weight == 0:
+            raise ValueError(
+                f"Task '{name}' has loss weight 0, so weighting its loss by "
+                "a propensity changes nothing. Give it a weight (ESMM: "
+                "`esmm_tasks(cvr_weight=0.1)`). Received: "
+                f"propensity={propensity!r}"
             )
         space = by_name[name].space
         if space is not None and space != source:
@@ -249,7 +261,7 @@ class MultiTaskModel(keras.Model):
             )
         self.weighting.setup(tasks)
         self.lr_multipliers = _check_lr_multipliers(lr_multipliers, tasks)
-        self.propensity = _check_propensity(propensity, min_propensity, tasks)
+        self.propensity = check_propensity(propensity, min_propensity, tasks)
         self.min_propensity = float(min_propensity)
         for name in self.lr_multipliers:
             if not any(o == {name} for o in self._owners.values()):

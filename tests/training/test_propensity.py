@@ -1,5 +1,7 @@
 """Inverse propensity weighting of a task's loss (ESCM²'s IPS CVR risk)."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from keras_mtl import Task
 from keras_mtl import data
 from keras_mtl import datasets
 from keras_mtl import models
+from keras_mtl import runner
 from keras_mtl import training
 
 TASKS = [Task("a"), Task("b", space="a", weight=0.5)]
@@ -165,3 +168,87 @@ def test_propensity_survives_config_save_and_warm_start(tmp_path):
     assert (again.propensity, again.min_propensity) == ({"b": "a"}, 0.1)
     off = training.warm_start(tmp_path / "day1.keras", TASKS, propensity={})
     assert off.propensity == {}
+
+
+def test_a_task_of_weight_zero_is_refused():
+    # ESMM's default `cvr` has weight 0: weighting it would change nothing.
+    tasks = models.esmm_tasks()
+    with pytest.raises(ValueError, match="Task 'cvr' has loss weight 0"):
+        training.check_propensity({"cvr": "ctr"}, 0.05, tasks)
+    tasks = models.esmm_tasks(cvr_weight=0.1)
+    assert training.check_propensity({"cvr": "ctr"}, 0.05, tasks) == {
+        "cvr": "ctr"
+    }
+    assert training.check_propensity(None, 0.05, tasks) == {}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"propensity": ["cvr"]}, "`training.propensity` must be null or"),
+        ({"propensity": {"cvr": 1}}, "`training.propensity` must be null or"),
+        (
+            {"min_propensity": 0},
+            r"`min_propensity` must be a number in \(0, 1\]",
+        ),
+        (
+            {"propensity": {"cvr": "ctr"}, "distributed": True},
+            "`training.propensity` is not supported with `training.distrib",
+        ),
+    ],
+)
+def test_runner_refuses_bad_propensity_fields(fields, message):
+    with pytest.raises(ValueError, match=message):
+        runner.resolve_config({"training": fields})
+
+
+def _esmm_run_config(tmp_path, propensity, cvr_weight=0.1):
+    return {
+        "dataset": {"name": "funnel", "n": 1000, "seed": 0},
+        "tasks": [
+            {"name": "ctr", "label": "click"},
+            {
+                "name": "cvr",
+                "label": "conversion",
+                "space": "ctr",
+                "weight": cvr_weight,
+            },
+            {"name": "ctcvr", "label": "conversion"},
+        ],
+        "model": {"architecture": "esmm", "tower_units": [8]},
+        "training": {"epochs": 1, "batch_size": 250, "propensity": propensity},
+        "output_dir": str(tmp_path / "run"),
+    }
+
+
+@pytest.mark.slow
+def test_runner_trains_with_propensity_and_saves_it(tmp_path):
+    config = _esmm_run_config(tmp_path, {"cvr": "ctr"})
+    resolved = runner.resolve_config(config)
+    assert resolved["training"]["propensity"] == {"cvr": "ctr"}
+    assert runner.resolve_config()["training"]["propensity"] is None
+    _, report, out = runner.train(config, verbose=0)
+    saved = json.loads((out / "model.weighting.json").read_text())
+    assert saved["propensity"] == {"cvr": "ctr"}
+    assert saved["min_propensity"] == 0.05
+    assert report.loc["cvr", "n"] > 0
+
+
+def test_runner_names_a_bad_propensity_task_before_training(tmp_path):
+    config = _esmm_run_config(tmp_path, {"cvr": "click"})
+    with pytest.raises(ValueError, match=r"propensity\['cvr'\]"):
+        runner.resolve_config(config)
+    with pytest.raises(ValueError, match=r"propensity\['cvr'\]"):
+        runner.train(config, verbose=0)
+    assert not (tmp_path / "run").exists()
+    config = _esmm_run_config(tmp_path, {"cvr": "ctr"}, cvr_weight=0.0)
+    with pytest.raises(ValueError, match="Task 'cvr' has loss weight 0"):
+        runner.train(config, verbose=0)
+    # Tasks from the dataset (click, conversion) are known only in `train`,
+    # after `tasks_for` made them ESMM's, with `cvr` at weight 0.
+    config = _esmm_run_config(tmp_path, {"cvr": "ctr"})
+    del config["tasks"]
+    assert runner.resolve_config(config)["training"]["propensity"]
+    with pytest.raises(ValueError, match="Task 'cvr' has loss weight 0"):
+        runner.train(config, verbose=0)
+    assert not (tmp_path / "run").exists()
