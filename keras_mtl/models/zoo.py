@@ -623,10 +623,13 @@ def esmm(
     """Entire Space Multi-task Model: pCTCVR = pCTR * pCVR over impressions.
 
     Two towers over shared embeddings give a CTR and a CVR logit;
-    `ESMMHead` turns them into `ctr`, `cvr` and `ctcvr = ctr * cvr`. Only
-    `ctr` and `ctcvr` carry loss (both on every impression), so CVR is
-    learned over the entire space, through `ctcvr` only, and does not
-    inherit the clicked-sample selection bias.
+    `ESMMHead` turns them into `ctr`, `cvr` and `ctcvr = ctr * cvr`. With
+    `esmm_tasks()` only `ctr` and `ctcvr` carry loss (both on every
+    impression), so CVR is learned over the entire space, through `ctcvr`
+    only, and does not inherit the clicked-sample selection bias.
+    `esmm_tasks(cvr_weight=...)` adds a clicked-row CVR loss; trained with
+    `keras_mtl.training.compile(..., propensity={"cvr": "ctr"})` it is
+    ESCM²'s inverse-propensity-weighted CVR loss (see `esmm_tasks`).
 
     Args:
         features: list of feature specs.

@@ -88,7 +88,9 @@ def test_the_task_loss_is_the_self_normalised_ips_estimate():
     np.testing.assert_allclose(got["b_logloss"], clicked, rtol=1e-5)
 
 
-def test_the_propensity_task_gets_no_gradient_through_the_weights():
+# PCGrad takes one gradient per task in its own train step (TensorFlow).
+@pytest.mark.parametrize("weighting", ["fixed", "pcgrad"])
+def test_the_propensity_task_gets_no_gradient_through_the_weights(weighting):
     frame = datasets.synthetic_funnel(600, seed=3, num_users=50, num_items=40)
     specs = keras_mtl.infer_features(
         frame, labels=datasets.FUNNEL_LABELS, embed_dim=4
@@ -106,6 +108,7 @@ def test_the_propensity_task_gets_no_gradient_through_the_weights():
     wrapper = training.compile(
         model,
         tasks,
+        weighting=weighting,
         propensity={"cvr": "ctr"},
         optimizer="sgd",
         learning_rate=0.5,
