@@ -62,6 +62,7 @@ FUNNEL_EMBEDDING_L2 = 1e-3
 # CVR term (`esmm_tasks(cvr_weight=...)` with `propensity={"cvr": "ctr"}`),
 # chosen from {0.1, 1.0} on the validation split (docs/BENCHMARKS.md).
 FUNNEL_ESCM2_CVR_WEIGHT = 0.1
+FUNNEL_ESCM2_MIN_PROPENSITY = 0.05
 FUNNEL_MODELS = ("esmm", "escm2", "naive")
 
 QUICK = {"adult_epochs": 2, "funnel_n": 40_000, "funnel_epochs": 1}
@@ -685,6 +686,7 @@ def worker_funnel(args):
             model,
             tasks,
             propensity={"cvr": "ctr"},
+            min_propensity=FUNNEL_ESCM2_MIN_PROPENSITY,
             learning_rate=LEARNING_RATE,
         )
     else:
@@ -1360,7 +1362,8 @@ def render_quality(meta, records, results_path):
         "counterfactual CVR loss with weight "
         f"{FUNNEL_ESCM2_CVR_WEIGHT:g} (the clicked rows' CVR log loss, each "
         "row weighted by the inverse of the model's own pCTR clipped at "
-        "0.05, self-normalised); it stops on the same `val_cvr_logloss`. "
+        f"{FUNNEL_ESCM2_MIN_PROPENSITY:g}, self-normalised); it stops on "
+        "the same `val_cvr_logloss`. "
         "It is shown beside the bar, not part of it."
     )
     add("")

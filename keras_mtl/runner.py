@@ -45,6 +45,8 @@ from keras_mtl import data as data_lib
 from keras_mtl import features as features_lib
 from keras_mtl.task import Task
 from keras_mtl.task import validate_tasks
+from keras_mtl.training.multitask_model import DEFAULT_MIN_PROPENSITY
+from keras_mtl.training.multitask_model import check_propensity
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ DEFAULTS = {
         # task}, e.g. {cvr: ctr} for ESCM²'s counterfactual CVR loss on
         # esmm (see keras_mtl.training.MultiTaskModel).
         "propensity": None,
-        "min_propensity": 0.05,
+        "min_propensity": DEFAULT_MIN_PROPENSITY,
         # Steps per epoch: None means one pass over the training data.
         # Required for distributed training on files.
         "steps_per_epoch": None,
@@ -230,8 +232,6 @@ def resolve_config(config=None):
         if training["propensity"]:
             # With the tasks in the config, the propensity's task names
             # fail here, before any data is read (else in `train`).
-            from keras_mtl.training.multitask_model import check_propensity
-
             check_propensity(
                 training["propensity"],
                 training["min_propensity"],
@@ -254,8 +254,6 @@ def _check_propensity_fields(training):
             "`training.propensity` must be null or a mapping {task: "
             f"propensity_task}}. Received: propensity={propensity!r}"
         )
-    from keras_mtl.training.multitask_model import check_propensity
-
     check_propensity(None, training["min_propensity"], [])
 
 
@@ -685,9 +683,7 @@ def train(config=None, verbose=1):
 
     # Task names in `training.propensity` are known only now; they fail
     # before the model is built.
-    training_lib.check_propensity(
-        training["propensity"], training["min_propensity"], tasks
-    )
+    check_propensity(training["propensity"], training["min_propensity"], tasks)
     model = models_lib.build(architecture, features, tasks, **model_kwargs)
 
     # `fit_model` trains with the weighting strategy; `model` is served.

@@ -121,6 +121,7 @@ def warm_start(
     >>> wrapper.save("runs/2024-05-02/model.keras")
     """
     import keras_mtl.layers  # noqa: F401  (registers the layers)
+    from keras_mtl.training.multitask_model import DEFAULT_MIN_PROPENSITY
     from keras_mtl.training.multitask_model import compile as compile_mtl
 
     filepath = pathlib.Path(os.fspath(filepath))
@@ -144,7 +145,9 @@ def warm_start(
     if propensity is None:
         propensity = (saved or {}).get("propensity")
     if min_propensity is None:
-        min_propensity = (saved or {}).get("min_propensity") or 0.05
+        min_propensity = (saved or {}).get(
+            "min_propensity", DEFAULT_MIN_PROPENSITY
+        )
     wrapper = compile_mtl(
         model,
         tasks,

@@ -48,6 +48,10 @@ def _check_lr_multipliers(lr_multipliers, tasks):
     return checked
 
 
+# Propensities are clipped to at least this by default (weights <= 20).
+DEFAULT_MIN_PROPENSITY = 0.05
+
+
 def check_propensity(propensity, min_propensity, tasks):
     """Validates `propensity` and `min_propensity` against `tasks`.
 
@@ -236,7 +240,7 @@ class MultiTaskModel(keras.Model):
         lr_multipliers=None,
         shared_layer=None,
         propensity=None,
-        min_propensity=0.05,
+        min_propensity=DEFAULT_MIN_PROPENSITY,
         **kwargs,
     ):
         kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_mtl")
@@ -552,7 +556,7 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
     lr_multipliers=None,
     shared_layer=None,
     propensity=None,
-    min_propensity=0.05,
+    min_propensity=DEFAULT_MIN_PROPENSITY,
     **compile_kwargs,
 ):
     """Wraps a zoo model in a `MultiTaskModel` and compiles it.
