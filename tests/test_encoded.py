@@ -38,15 +38,32 @@ def funnel():
     return df, features, tasks
 
 
-def _model(features, tasks):
+def _model(features, tasks, interaction=None):
+    kwargs = {}
+    if interaction:
+        # The hashed user id has its own width (4): cross the 8-dim ones.
+        kwargs = dict(
+            interaction=interaction,
+            interaction_features=[
+                f.name
+                for f in features
+                if isinstance(f, CategoricalFeature) and f.embed_dim == 8
+            ],
+        )
     return models.mmoe(
-        features, tasks, num_experts=3, expert_units=(8,), tower_units=(4,)
+        features,
+        tasks,
+        num_experts=3,
+        expert_units=(8,),
+        tower_units=(4,),
+        **kwargs,
     )
 
 
-def test_twin_predicts_like_the_raw_model(funnel):
+@pytest.mark.parametrize("interaction", [None, "dot"], ids=str)
+def test_twin_predicts_like_the_raw_model(funnel, interaction):
     df, features, tasks = funnel
-    model = _model(features, tasks)
+    model = _model(features, tasks, interaction=interaction)
     twin = models.encoded_model(model)
     x = data_lib.features_to_arrays(df, features)
     encoded = models.encode_features(model, x)
@@ -123,13 +140,14 @@ def test_compile_turns_xla_on_for_the_twin_only(funnel):
     assert model.jit_compile is False
 
 
-def test_xla_training_matches_the_raw_path(funnel):
+@pytest.mark.parametrize("interaction", [None, "dot"], ids=str)
+def test_xla_training_matches_the_raw_path(funnel, interaction):
     df, features, tasks = funnel
     x = data_lib.features_to_arrays(df.head(500), features)
     preds = []
     for fast in (False, True):
         keras.utils.set_random_seed(11)
-        model = _model(features, tasks)
+        model = _model(features, tasks, interaction=interaction)
         train_model = models.encoded_model(model) if fast else model
         models.compile_model(train_model, tasks, steps_per_execution=4)
         assert train_model.jit_compile is fast

@@ -255,6 +255,40 @@ def test_tasks_for_adapts_funnel_tasks():
         models.tasks_for("esmm", [Task("click")])
 
 
+@pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
+def test_builder_dot_interaction_widens_input_and_reloads(
+    architecture, tmp_path
+):
+    tasks = models.tasks_for(architecture, TASKS)
+    kwargs = BUILD_CASES[architecture]
+    plain = models.build(architecture, SPECS, tasks, **kwargs)
+    crossed = models.build(
+        architecture, SPECS, tasks, interaction="dot", **kwargs
+    )
+    # 6 embedded features (user, item, category, device, position and the
+    # pooled history): 15 pairwise dots on top of the plain input vector.
+    assert (
+        crossed.get_layer("input_block").output_dim
+        == plain.get_layer("input_block").output_dim + 15
+    )
+    path = tmp_path / f"{architecture}.keras"
+    crossed.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    xs, _, _ = _arrays(tasks, n=64)
+    before = crossed.predict(xs, verbose=0)
+    after = loaded.predict(xs, verbose=0)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_precomputed_input_refuses_interaction():
+    inputs = {s.name: keras.Input(shape=(), name=s.name) for s in SPECS[:1]}
+    x = keras.layers.Dense(4)(keras.ops.expand_dims(inputs[SPECS[0].name], -1))
+    with models.zoo.precomputed_input(inputs, x):
+        with pytest.raises(ValueError, match="interaction.*precomputed_input"):
+            models.mmoe(SPECS, TASKS, interaction="dot")
+
+
 @pytest.mark.parametrize(
     "architecture, kwargs, message",
     [

@@ -55,6 +55,69 @@ def resolve_embedding_args(embeddings_initializer, embeddings_regularizer):
     )
 
 
+def _check_interaction(interaction, interaction_features, features):
+    """The names of the interacting features, or `None`; named errors."""
+    if interaction not in (None, "dot"):
+        raise ValueError(
+            '`interaction` must be None or "dot". '
+            f"Received: interaction={interaction!r}"
+        )
+    if interaction is None:
+        if interaction_features is not None:
+            raise ValueError(
+                '`interaction_features` needs `interaction="dot"`. '
+                f"Received: interaction_features={interaction_features!r} "
+                "with interaction=None"
+            )
+        return None
+    embedded = {
+        f.name: f
+        for f in features
+        if isinstance(f, features_lib.CategoricalFeature)
+    }
+    if interaction_features is None:
+        names = list(embedded)
+    else:
+        if isinstance(interaction_features, str) or not isinstance(
+            interaction_features, (list, tuple)
+        ):
+            raise ValueError(
+                "`interaction_features` must be a list of feature names. "
+                f"Received: interaction_features={interaction_features!r}"
+            )
+        names = list(interaction_features)
+        numeric = [f.name for f in features if f.name in names]
+        numeric = [n for n in numeric if n not in embedded]
+        unknown = [n for n in names if n not in embedded and n not in numeric]
+        if numeric or unknown:
+            raise ValueError(
+                "`interaction_features` must name categorical or sequence "
+                f"features. Numeric: {numeric}; not among the features: "
+                f"{unknown}. Received: "
+                f"interaction_features={interaction_features!r}; embedded "
+                f"features: {sorted(embedded)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "`interaction_features` lists a feature twice. "
+                f"Received: interaction_features={interaction_features!r}"
+            )
+    if len(names) < 2:
+        raise ValueError(
+            '`interaction="dot"` needs at least 2 categorical or sequence '
+            f"features to cross. Received: {names}"
+        )
+    dims = {n: embedded[n].embed_dim for n in names}
+    if len(set(dims.values())) > 1:
+        raise ValueError(
+            '`interaction="dot"` needs one `embed_dim` for every '
+            "interacting feature (a dot product of vectors of different "
+            f"lengths is undefined). Received embed_dim by feature: {dims}; "
+            "set `interaction_features` or the specs' `embed_dim`"
+        )
+    return names
+
+
 class _IdentityLookup:
     """Integer ids in `[0, vocab_size)` to table rows; -1 to 0, others 1."""
 
@@ -86,7 +149,12 @@ class InputBlock(keras.layers.Layer):
 
     Output layout: the normalised numeric values (spec order), their missing
     indicators, then one embedding per categorical or sequence feature (spec
-    order).
+    order), then, with `interaction="dot"`, the pairwise dot products of
+    the interacting features' embeddings (DLRM's dot interaction,
+    `keras_rs.layers.DotInteraction`: one value per pair, in its
+    lower-triangle order). A multilayer perceptron on concatenated
+    embeddings represents a user-item dot product poorly (Rendle et al.,
+    2020); the interaction hands it over as an input.
 
     Embedding lookups are grouped: every categorical and sequence feature
     with the same `embed_dim` shares one table, addressed with per-feature
@@ -104,6 +172,13 @@ class InputBlock(keras.layers.Layer):
             fill (`MissingValueLayer`, in normalised units, initialised to
             the spec's fill value) instead of the fixed fill. The missing
             indicators are unchanged. Defaults to `False`.
+        interaction: `None` or `"dot"`. With `"dot"`, also output the dot
+            product of every pair of `interaction_features` embeddings
+            (sequence features pooled first). Defaults to `None`.
+        interaction_features: list of categorical or sequence feature names
+            that interact, at least 2, all with the same `embed_dim`; only
+            with `interaction="dot"`. Defaults to `None`: every categorical
+            and sequence feature.
 
     Call arguments:
         inputs: dict of raw tensors keyed by feature name, as made by
@@ -121,6 +196,16 @@ class InputBlock(keras.layers.Layer):
     >>> block = keras_mtl.layers.InputBlock(specs)
     >>> inputs = block.make_inputs()
     >>> x = block(inputs)
+    >>> crossed = keras_mtl.layers.InputBlock(
+    ...     specs, interaction="dot",
+    ...     interaction_features=["user_id", "item_id", "hist_item_ids"])
+
+    References:
+        - [Naumov et al., 2019. Deep Learning Recommendation Model for
+          Personalization and Recommendation Systems](
+          https://arxiv.org/abs/1906.00091)
+        - [Rendle et al., 2020. Neural Collaborative Filtering vs. Matrix
+          Factorization Revisited](https://arxiv.org/abs/2005.09683)
     """
 
     def __init__(
@@ -129,6 +214,8 @@ class InputBlock(keras.layers.Layer):
         embeddings_initializer="uniform",
         embeddings_regularizer=None,
         learned_fill=False,
+        interaction=None,
+        interaction_features=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -161,6 +248,17 @@ class InputBlock(keras.layers.Layer):
         }
         # Embedding tables: one per embedding width.
         self._dims = sorted({f.embed_dim for f in self.categorical})
+        self.interaction = interaction
+        self.interaction_features = _check_interaction(
+            interaction, interaction_features, self.features
+        )
+        self.dot_interaction = None
+        if self.interaction_features:
+            import keras_rs
+
+            self.dot_interaction = keras_rs.layers.DotInteraction(
+                dtype=self.dtype_policy, name="dot_interaction"
+            )
         self.supports_masking = False
 
     # -- structure ---------------------------------------------------------
@@ -171,8 +269,11 @@ class InputBlock(keras.layers.Layer):
 
     @property
     def output_dim(self):
-        return sum(f.output_dim for f in self.numeric) + sum(
-            f.embed_dim for f in self.categorical
+        n = len(self.interaction_features or ())
+        return (
+            sum(f.output_dim for f in self.numeric)
+            + sum(f.embed_dim for f in self.categorical)
+            + n * (n - 1) // 2
         )
 
     def compute_output_shape(self, input_shape):
@@ -419,11 +520,19 @@ class InputBlock(keras.layers.Layer):
             parts.append(self._numeric_block(inputs))
         if self.categorical:
             embedded = self.embed(inputs, encoded=encoded)
+            vectors = {}
             for spec in self.categorical:
                 value = embedded[spec.name]
                 if isinstance(spec, features_lib.SequenceFeature):
                     value = self.pool(value[0], value[1], spec.pooling)
-                parts.append(ops.cast(value, self.compute_dtype))
+                vectors[spec.name] = ops.cast(value, self.compute_dtype)
+                parts.append(vectors[spec.name])
+            if self.dot_interaction is not None:
+                parts.append(
+                    self.dot_interaction(
+                        [vectors[name] for name in self.interaction_features]
+                    )
+                )
         if len(parts) == 1:
             return parts[0]
         return ops.concatenate(parts, axis=-1)
@@ -440,6 +549,8 @@ class InputBlock(keras.layers.Layer):
                     self.embeddings_regularizer
                 ),
                 "learned_fill": self.learned_fill,
+                "interaction": self.interaction,
+                "interaction_features": self.interaction_features,
             }
         )
         return config

@@ -97,14 +97,28 @@ def precomputed_input(inputs, x):
 
 
 def _inputs_and_embedding(
-    features, embeddings_initializer="uniform", embeddings_regularizer=None
+    features,
+    embeddings_initializer="uniform",
+    embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
 ):
     if _PRECOMPUTED:
+        if interaction is not None or interaction_features is not None:
+            raise ValueError(
+                "`interaction` is an option of the builder's own "
+                "`InputBlock`; inside `precomputed_input` the builder takes "
+                "the given input vector instead, so it would be ignored. "
+                f"Received: interaction={interaction!r}, "
+                f"interaction_features={interaction_features!r}"
+            )
         return _PRECOMPUTED[-1]
     block = InputBlock(
         features,
         embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
+        interaction=interaction,
+        interaction_features=interaction_features,
         name="input_block",
     )
     inputs = block.make_inputs()
@@ -208,6 +222,8 @@ def shared_bottom(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     kl_bounds=None,
     name="shared_bottom",
 ):
@@ -251,7 +267,11 @@ def shared_bottom(
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     shared = bottom(x)
     outputs = _towers_and_heads(
@@ -270,7 +290,15 @@ _EMBEDDINGS_ARGS = """
             (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
             and torch-rechub start their tables at
             `keras.initializers.RandomNormal(0.0, 1e-4)`.
-        embeddings_regularizer: optional regularizer of the embedding tables."""
+        embeddings_regularizer: optional regularizer of the embedding tables.
+        interaction: `None` or `"dot"`: also feed the model the dot product
+            of every pair of embedded features (DLRM's dot interaction; see
+            `keras_mtl.layers.InputBlock`). A multilayer perceptron on
+            concatenated embeddings represents a user-item dot product
+            poorly. Defaults to `None`.
+        interaction_features: list of the categorical or sequence features
+            that interact (same `embed_dim`), with `interaction="dot"`.
+            Defaults to `None`: all of them."""
 
 _COMMON_ARGS = (
     """
@@ -317,6 +345,8 @@ def shared_embedding_towers(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     kl_bounds=None,
     name="shared_embedding_towers",
 ):
@@ -339,7 +369,11 @@ def shared_embedding_towers(
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     outputs = _towers_and_heads(
         [x] * len(tasks), tasks, tower_units, activation, dropout
@@ -361,6 +395,8 @@ def mmoe(
     tower_normalization=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     kl_bounds=None,
     name="mmoe",
 ):
@@ -410,7 +446,11 @@ def mmoe(
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     outputs = _towers_and_heads(
         experts(x),
@@ -459,6 +499,8 @@ def ple(
     tower_normalization=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     kl_bounds=None,
     name="ple",
 ):
@@ -523,7 +565,11 @@ def ple(
     ]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     branches = x
     for level in levels:
@@ -618,6 +664,8 @@ def esmm(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     name="esmm",
 ):
     """Entire Space Multi-task Model: pCTCVR = pCTR * pCVR over impressions.
@@ -639,6 +687,8 @@ def esmm(
             Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
             embeddings_regularizer: as in `shared_bottom`.
+            interaction: as in `shared_bottom`.
+            interaction_features: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -697,7 +747,11 @@ def esmm(
     head = ESMMHead(dtype="float32", name="esmm_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     h_ctr = ctr_tower(x) if ctr_tower else x
     h_cvr = cvr_tower(x) if cvr_tower else x
@@ -719,6 +773,8 @@ def aitm(
     calibrator_weight=0.6,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
     name="aitm",
 ):
     """Adaptive Information Transfer Multi-task model over a conversion path.
@@ -738,6 +794,8 @@ def aitm(
             is the transfer width. Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
             embeddings_regularizer: as in `shared_bottom`.
+            interaction: as in `shared_bottom`.
+            interaction_features: as in `shared_bottom`.
         calibrator_weight: float. Weight of the calibrator loss. Defaults to
             `0.6` (the paper's value).
         name: str. Model name.
@@ -788,7 +846,11 @@ def aitm(
     ]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
     )
     outputs = {}
     z_prev = towers[0](x)

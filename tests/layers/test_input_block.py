@@ -151,3 +151,162 @@ def test_missing_input_is_named():
         ValueError, match=r"missing input feature\(s\) \['hist'\]"
     ):
         block(batch)
+
+
+def _same_tables(block, reference):
+    """Copies `reference`'s weights into `block` (same tables, same order)."""
+    block.build()
+    reference.build()
+    block.set_weights(reference.get_weights())
+
+
+def test_dot_interaction_appends_pairwise_dots_exact():
+    plain = InputBlock(SPECS)
+    crossed = InputBlock(
+        SPECS,
+        interaction="dot",
+        interaction_features=["device", "slot", "query"],
+    )
+    _same_tables(crossed, plain)
+    batch = raw_batch()
+    base = keras.ops.convert_to_numpy(plain(batch))
+    out = keras.ops.convert_to_numpy(crossed(batch))
+    emb = {
+        k: keras.ops.convert_to_numpy(v)
+        for k, v in plain.embed(batch).items()
+        if k in ("device", "slot", "query")
+    }
+    # keras-rs' lower-triangle order: (1, 0), (2, 0), (2, 1).
+    dots = np.stack(
+        [
+            (emb["slot"] * emb["device"]).sum(-1),
+            (emb["query"] * emb["device"]).sum(-1),
+            (emb["query"] * emb["slot"]).sum(-1),
+        ],
+        axis=1,
+    )
+    assert crossed.output_dim == 31 + 3 and out.shape == (3, 34)
+    np.testing.assert_array_equal(out[:, :31], base)
+    np.testing.assert_allclose(out[:, 31:], dots, rtol=1e-6, atol=1e-9)
+    # The embeddings are not zero, so the dots are a real signal here.
+    assert np.abs(dots).max() > 1e-4
+
+
+def test_dot_interaction_pools_sequences_before_crossing():
+    plain = InputBlock(SPECS)
+    crossed = InputBlock(
+        SPECS, interaction="dot", interaction_features=["item", "hist"]
+    )
+    _same_tables(crossed, plain)
+    batch = raw_batch()
+    out = keras.ops.convert_to_numpy(crossed(batch))
+    emb = plain.embed(batch)
+    item = keras.ops.convert_to_numpy(emb["item"])
+    hist = keras.ops.convert_to_numpy(
+        InputBlock.pool(emb["hist"][0], emb["hist"][1], "mean")
+    )
+    np.testing.assert_allclose(
+        out[:, -1], (item * hist).sum(-1), rtol=1e-6, atol=1e-9
+    )
+    # Row 1's history is all padding: pooled to zeros, so its dot is 0.
+    assert out[1, -1] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(interaction="cross"), r'None or "dot"\. Received: '),
+        (
+            dict(interaction_features=["device", "slot"]),
+            r'needs `interaction="dot"`',
+        ),
+        (dict(interaction="dot"), r"one `embed_dim`.*'device': 4.*'item': 8"),
+        (
+            dict(interaction="dot", interaction_features=["device"]),
+            "at least 2",
+        ),
+        (
+            dict(interaction="dot", interaction_features=["device", "price"]),
+            r"Numeric: \['price'\]; not among the features: \[\]",
+        ),
+        (
+            dict(interaction="dot", interaction_features=["device", "nope"]),
+            r"Numeric: \[\]; not among the features: \['nope'\]",
+        ),
+        (
+            dict(interaction="dot", interaction_features="device"),
+            "must be a list",
+        ),
+        (
+            dict(interaction="dot", interaction_features=["slot", "slot"]),
+            "twice",
+        ),
+    ],
+    ids=[
+        "kind",
+        "features_without_dot",
+        "mixed_dims",
+        "one",
+        "numeric",
+        "unknown",
+        "string",
+        "twice",
+    ],
+)
+def test_dot_interaction_invalid_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        InputBlock(SPECS, **kwargs)
+
+
+def test_dot_interaction_config_round_trip_and_save_load(tmp_path):
+    inputs = make_inputs(SPECS)
+    block = InputBlock(
+        SPECS,
+        interaction="dot",
+        interaction_features=["item", "hist"],
+        name="input_block",
+    )
+    x = block(inputs)
+    assert tuple(x.shape) == (None, 32)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    config = block.get_config()
+    assert config["interaction"] == "dot"
+    assert config["interaction_features"] == ["item", "hist"]
+    assert InputBlock.from_config(config).output_dim == 32
+    batch = raw_batch()
+    before = model.predict(batch, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+
+
+@pytest.mark.backend
+def test_dot_interaction_exact_on_every_backend():
+    # Integer ids only (no string lookup), so it runs on torch as well.
+    specs = [
+        F.CategoricalFeature("user", vocab_size=5, embed_dim=3),
+        F.CategoricalFeature("item", vocab_size=7, embed_dim=3),
+        F.SequenceFeature("hist", vocab_size=7, embed_dim=3, max_len=2),
+    ]
+    block = InputBlock(specs, interaction="dot")
+    batch = {
+        "user": np.array([0, 4, -1], "int64"),
+        "item": np.array([6, 2, 3], "int64"),
+        "hist": np.array([[1, 2], [-1, -1], [5, -1]], "int64"),
+    }
+    out = keras.ops.convert_to_numpy(block(batch))
+    emb = block.embed(batch)
+    user = keras.ops.convert_to_numpy(emb["user"])
+    item = keras.ops.convert_to_numpy(emb["item"])
+    hist = keras.ops.convert_to_numpy(
+        InputBlock.pool(emb["hist"][0], emb["hist"][1], "mean")
+    )
+    assert out.shape == (3, 9 + 3)
+    np.testing.assert_allclose(
+        out[:, :9], np.concatenate([user, item, hist], 1)
+    )
+    expected = np.stack(
+        [(item * user).sum(-1), (hist * user).sum(-1), (hist * item).sum(-1)],
+        axis=1,
+    )
+    np.testing.assert_allclose(out[:, 9:], expected, rtol=1e-5, atol=1e-9)
