@@ -58,6 +58,12 @@ FUNNEL_PATIENCE = 2
 # L2 weight on the embedding tables of both funnel models (user and item ids
 # overfit the click signal within an epoch without it).
 FUNNEL_EMBEDDING_L2 = 1e-3
+# Both funnel models also get the pairwise dot products of their embedded
+# features (`interaction="dot"`, DLRM's dot interaction): the simulator's
+# conversion follows a user x item taste dot product, which an MLP on
+# concatenated embeddings represents poorly. Chosen on the validation split
+# (docs/BENCHMARKS.md, "Feature interaction").
+FUNNEL_INTERACTION = "dot"
 # ESCM²-IPS row (not part of the bar): loss weight of the counterfactual
 # CVR term (`esmm_tasks(cvr_weight=...)` with `propensity={"cvr": "ctr"}`),
 # chosen from {0.1, 1.0} on the validation split (docs/BENCHMARKS.md).
@@ -632,7 +638,12 @@ def worker_funnel(args):
         tasks = models.esmm_tasks(
             cvr_weight=FUNNEL_ESCM2_CVR_WEIGHT if args.model == "escm2" else 0
         )
-        model = models.esmm(features, tasks, embeddings_regularizer=regularizer)
+        model = models.esmm(
+            features,
+            tasks,
+            embeddings_regularizer=regularizer,
+            interaction=FUNNEL_INTERACTION,
+        )
         output = "cvr"
         monitor = "val_cvr_logloss"
         fit_train, fit_val = train, val
@@ -644,6 +655,7 @@ def worker_funnel(args):
             bottom_units=(128, 64),
             tower_units=(),
             embeddings_regularizer=regularizer,
+            interaction=FUNNEL_INTERACTION,
         )
         output = "conversion"
         monitor = "val_logloss"
@@ -721,6 +733,7 @@ def worker_funnel(args):
         "model": args.model,
         "seed": args.seed,
         "n": args.n,
+        "interaction": FUNNEL_INTERACTION,
         "train_rows": len(fit_train),
         "test_rows": len(test),
         "entire_space_auc": float(roc_auc_score(cf, cvr)),
@@ -1357,7 +1370,9 @@ def render_quality(meta, records, results_path):
         f"naive model; patience {FUNNEL_PATIENCE}, best weights restored). "
         "Both models put an L2 penalty of "
         f"{FUNNEL_EMBEDDING_L2:g} on their embedding tables "
-        "(`embeddings_regularizer=keras.regularizers.L2(...)`). The "
+        "(`embeddings_regularizer=keras.regularizers.L2(...)`) and take "
+        "the pairwise dot products of their embedded features as extra "
+        f"inputs (`interaction={FUNNEL_INTERACTION!r}`). The "
         "ESCM²-IPS row is ESMM trained the same way plus ESCM²'s "
         "counterfactual CVR loss with weight "
         f"{FUNNEL_ESCM2_CVR_WEIGHT:g} (the clicked rows' CVR log loss, each "
@@ -1376,13 +1391,15 @@ def render_quality(meta, records, results_path):
     f_summary = {}
     labels = {
         "esmm": "ESMM `esmm(features, esmm_tasks(), "
-        "embeddings_regularizer=l2)`, towers [128, 64]",
+        "embeddings_regularizer=l2, "
+        f"interaction={FUNNEL_INTERACTION!r})`, towers [128, 64]",
         "escm2": "ESCM²-IPS: the same `esmm` with `esmm_tasks(cvr_weight="
         f"{FUNNEL_ESCM2_CVR_WEIGHT:g})`, trained by `keras_mtl.training."
         "compile(model, tasks, propensity={'cvr': 'ctr'})`",
         "naive": "naive: `shared_bottom(features, [Task('conversion')], "
         "bottom_units=(128, 64), tower_units=(), "
-        "embeddings_regularizer=l2)` on `click == 1` rows",
+        "embeddings_regularizer=l2, "
+        f"interaction={FUNNEL_INTERACTION!r})` on `click == 1` rows",
     }
     for model in FUNNEL_MODELS:
         ok = [r for r in funnel if r["model"] == model and "error" not in r]
