@@ -32,6 +32,7 @@ from keras_mtl import cli
 from keras_mtl import export as export_lib
 from keras_mtl import features as features_lib
 from keras_mtl import models
+from keras_mtl.features import CategoricalFeature
 from keras_mtl.features import NumericFeature
 from keras_mtl.features import SequenceFeature
 
@@ -200,6 +201,19 @@ def test_unseen_values_use_oov_rows_not_errors(export, session_model):
 # (c) Everything travels inside the version directory. --------------------
 
 
+def _assert_serves_like_keras(path, model):
+    """The Session loader on `path` gives `model.predict`'s scores."""
+    x = arrays(request_rows(9, seed=9))
+    expected = model.predict(x, verbose=0)
+    loaded = SessionModel(path)
+    try:
+        out = loaded.run("serving_default", x)
+    finally:
+        loaded.close()
+    for task in TASK_NAMES:
+        np.testing.assert_allclose(out[task], expected[task], atol=1e-5)
+
+
 def test_version_dir_is_self_contained(tmp_path):
     keras.utils.set_random_seed(1)
     model = _tiny_model()
@@ -212,15 +226,21 @@ def test_version_dir_is_self_contained(tmp_path):
     moved = tmp_path / "elsewhere" / "1"
     shutil.copytree(path, moved)
     shutil.rmtree(tmp_path / "a")  # the original export, vocabularies and all
-    x = arrays(request_rows(9, seed=9))
-    expected = model.predict(x, verbose=0)
-    loaded = SessionModel(moved)
-    try:
-        out = loaded.run("serving_default", x)
-    finally:
-        loaded.close()
-    for task in TASK_NAMES:
-        np.testing.assert_allclose(out[task], expected[task], atol=1e-5)
+    _assert_serves_like_keras(moved, model)
+
+
+def test_dot_interaction_serves_like_keras(tmp_path):
+    # The Session loader the C++ server uses runs keras-rs' DotInteraction
+    # inside the InputBlock and gives Keras' predictions.
+    keras.utils.set_random_seed(2)
+    model = models.shared_bottom(
+        SPECS, TASKS, bottom_units=[4], tower_units=[], interaction="dot"
+    )
+    # Every embedded feature of the fixture has embed_dim 4: all cross.
+    crossed = model.get_layer("input_block").interaction_features
+    assert len(crossed) == sum(isinstance(s, CategoricalFeature) for s in SPECS)
+    path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
+    _assert_serves_like_keras(path, model)
 
 
 # (d) Warmup requests. -----------------------------------------------------
