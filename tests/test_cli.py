@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,6 +120,30 @@ def test_train_from_yaml_config(tmp_path):
     assert [t["name"] for t in tasks] == ["click", "like"]
 
 
+def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
+    config = {
+        "dataset": {"name": "funnel", "n": 3000, "seed": 3},
+        "model": {
+            "architecture": "esmm",
+            "tower_units": [8],
+            "interaction": "dot",
+            "interaction_features": ["user_id", "item_id"],
+        },
+        "training": {"epochs": 1, "batch_size": 512},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli.main(["train", "--config", str(path)]) == 0
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    block = model.get_layer("input_block")
+    assert block.interaction_features == ["user_id", "item_id"]
+    plain = sum(s.output_dim for s in block.numeric) + sum(
+        s.embed_dim for s in block.categorical
+    )
+    assert block.output_dim == plain + 1
+
+
 @pytest.mark.parametrize(
     "config, message",
     [
@@ -137,6 +162,24 @@ def test_train_from_yaml_config(tmp_path):
             r"Builder 'mmoe' has no argument\(s\) \['num_expert'\]",
         ),
         ({"model": {"architecture": "gbdt"}}, "Unknown `architecture`"),
+        (
+            {"model": {"architecture": "esmm", "interaction": "cross"}},
+            r'`interaction` must be None or "dot"',
+        ),
+        (
+            {"model": {"architecture": "mmoe", "interaction_features": ["a"]}},
+            r'`interaction_features` needs `interaction="dot"`',
+        ),
+        (
+            {
+                "model": {
+                    "architecture": "mmoe",
+                    "interaction": "dot",
+                    "interaction_features": "user_id",
+                }
+            },
+            "must be a list of feature names",
+        ),
         ({"tasks": [{"name": "cvr", "space": "click"}]}, "unknown task"),
     ],
     ids=[
@@ -149,6 +192,9 @@ def test_train_from_yaml_config(tmp_path):
         "model_not_mapping",
         "builder_arg_typo",
         "unknown_architecture",
+        "interaction_kind",
+        "interaction_features_without_dot",
+        "interaction_features_string",
         "task_space",
     ],
 )

@@ -55,20 +55,37 @@ def resolve_embedding_args(embeddings_initializer, embeddings_regularizer):
     )
 
 
-def _check_interaction(interaction, interaction_features, features):
-    """The names of the interacting features, or `None`; named errors."""
+def check_interaction_args(interaction, interaction_features):
+    """Refuses a bad `interaction` / `interaction_features` pair, naming it.
+
+    The checks that need no feature specs (the run config makes them before
+    any data is read); `InputBlock` adds those against its features.
+    """
     if interaction not in (None, "dot"):
         raise ValueError(
             '`interaction` must be None or "dot". '
             f"Received: interaction={interaction!r}"
         )
+    if interaction is None and interaction_features is not None:
+        raise ValueError(
+            '`interaction_features` needs `interaction="dot"`. '
+            f"Received: interaction_features={interaction_features!r} "
+            "with interaction=None"
+        )
+    if interaction_features is not None and (
+        not isinstance(interaction_features, (list, tuple))
+        or not all(isinstance(n, str) for n in interaction_features)
+    ):
+        raise ValueError(
+            "`interaction_features` must be a list of feature names. "
+            f"Received: interaction_features={interaction_features!r}"
+        )
+
+
+def _check_interaction(interaction, interaction_features, features):
+    """The names of the interacting features, or `None`; named errors."""
+    check_interaction_args(interaction, interaction_features)
     if interaction is None:
-        if interaction_features is not None:
-            raise ValueError(
-                '`interaction_features` needs `interaction="dot"`. '
-                f"Received: interaction_features={interaction_features!r} "
-                "with interaction=None"
-            )
         return None
     embedded = {
         f.name: f
@@ -78,13 +95,6 @@ def _check_interaction(interaction, interaction_features, features):
     if interaction_features is None:
         names = list(embedded)
     else:
-        if isinstance(interaction_features, str) or not isinstance(
-            interaction_features, (list, tuple)
-        ):
-            raise ValueError(
-                "`interaction_features` must be a list of feature names. "
-                f"Received: interaction_features={interaction_features!r}"
-            )
         names = list(interaction_features)
         numeric = [f.name for f in features if f.name in names]
         numeric = [n for n in numeric if n not in embedded]

@@ -25,6 +25,7 @@ from keras_mtl.layers import InputBlock
 from keras_mtl.layers import KLBoundPenalty
 from keras_mtl.layers import MMoELayer
 from keras_mtl.layers import PLELevel
+from keras_mtl.layers.input_block import check_interaction_args
 from keras_mtl.task import Task
 from keras_mtl.task import validate_tasks
 
@@ -1140,7 +1141,9 @@ def tasks_for(architecture, tasks):
 
 
 def check_builder_args(architecture, kwargs):
-    """Refuses an unknown architecture or builder argument, naming it."""
+    """Refuses an unknown architecture or builder argument, naming it, and
+    a bad `interaction` / `interaction_features` value (the checks that need
+    no feature specs)."""
     if architecture not in BUILDERS:
         raise ValueError(
             f"Unknown `architecture`. Received: architecture={architecture!r}"
@@ -1157,6 +1160,10 @@ def check_builder_args(architecture, kwargs):
         raise ValueError(
             f"Builder '{architecture}' has no argument(s) {unknown}. "
             f"It takes: {sorted(accepted)}"
+        )
+    if "interaction" in kwargs or "interaction_features" in kwargs:
+        check_interaction_args(
+            kwargs.get("interaction"), kwargs.get("interaction_features")
         )
 
 
