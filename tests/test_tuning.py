@@ -139,6 +139,39 @@ def test_conditional_values_follow_the_architecture(funnel):
     assert "expert_units" not in kwargs
 
 
+def test_interaction_is_searched_as_none_or_dot(funnel):
+    df, _, tasks = funnel
+    # device, item_category and position embedded: 3 pairwise dots.
+    specs = keras_mtl.infer_features(
+        df,
+        labels=datasets.FUNNEL_LABELS,
+        exclude=["hist_item_ids", "user_id", "item_id"],
+    )
+    hypermodel = tuning.MultiTaskHyperModel(
+        specs,
+        tasks,
+        search_space={
+            "architecture": ["mmoe", "shared_bottom"],
+            "interaction": ["none", "dot"],
+        },
+    )
+    hp = keras_tuner.HyperParameters()
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {"interaction": None}
+    plain = hypermodel.build(hp).model.get_layer("input_block").output_dim
+    space = {p.name: p for p in hp.space}
+    assert sorted(space["interaction"].conditions[0].values) == [
+        "mmoe",
+        "shared_bottom",
+    ]
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("interaction", "dot")
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {"interaction": "dot"}
+    block = hypermodel.build(hp).model.get_layer("input_block")
+    assert block.output_dim == plain + 3
+
+
 def test_loss_weights_and_esmm_routing(funnel):
     _, specs, tasks = funnel
     space = {
@@ -343,6 +376,10 @@ BAD_CONFIGS = {
     "argument_no_architecture_takes": (
         {"search_space": {**SMALL_SPACE, "num_levels": [1, 2]}},
         "num_levels.*applies to \\['ple'\\]",
+    ),
+    "interaction_value": (
+        {"search_space": {**SMALL_SPACE, "interaction": ["none", "cross"]}},
+        r"search_space.interaction` values must be \['dot', 'none'\]",
     ),
     "unknown_tuner": ({"tuner": {"algorithm": "grid"}}, "tuner.algorithm"),
 }

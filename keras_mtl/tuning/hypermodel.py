@@ -20,6 +20,9 @@ Keys:
   values its architecture uses. `*_units` values are one layer width (`64`)
   or a comma-separated string of widths (`"128,64"`; `"none"` for no
   layer).
+- `interaction`: `"none"` or `"dot"`, the builders' `interaction` (dot
+  products of the embedded features; `"none"` stands for `None`, which
+  KerasTuner's `Choice` cannot hold). Declared like a builder argument.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
   (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `pcgrad`).
@@ -84,6 +87,8 @@ METRIC_KINDS = {
 
 _GLOBAL_KEYS = ("architecture", "learning_rate", "weighting", "loss_weight")
 _INT_KEYS = ("num_experts", "num_task_experts", "num_shared_experts")
+# `search_space.interaction` values -> the builders' `interaction`.
+_INTERACTIONS = {"none": None, "dot": "dot"}
 _RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
 # Arguments a builder forwards (**kwargs) but refuses.
 _REFUSED = {("cgc", "num_levels"), ("omoe", "single_gate")}
@@ -154,7 +159,8 @@ def _as_float(key, value):
 
 
 def _key_kind(key):
-    """'str', 'int', 'float', 'units' or 'any' (other builder arguments)."""
+    """'str', 'int', 'float', 'units', 'interaction' or 'any' (other builder
+    arguments)."""
     if key in ("architecture", "weighting"):
         return "str"
     if key in ("learning_rate", "dropout", "loss_weight") or key.startswith(
@@ -165,6 +171,8 @@ def _key_kind(key):
         return "int"
     if key.endswith("_units"):
         return "units"
+    if key == "interaction":
+        return "interaction"
     return "any"
 
 
@@ -196,6 +204,13 @@ def _check_value(key, kind, value):
         return value
     if kind == "units":
         parse_units(value, f"search_space.{key}")
+        return value
+    if kind == "interaction":
+        if value not in _INTERACTIONS:
+            raise ValueError(
+                "`search_space.interaction` values must be "
+                f"{sorted(_INTERACTIONS)}. Received: {value!r}"
+            )
         return value
     if kind == "str":
         known = (
@@ -726,6 +741,8 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             if arch in users:
                 if _key_kind(key) == "units":
                     value = parse_units(value, key)
+                elif _key_kind(key) == "interaction":
+                    value = _INTERACTIONS[value]
                 kwargs[key] = value
         learning_rate = None
         if "learning_rate" in self.space:
