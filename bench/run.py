@@ -1354,6 +1354,10 @@ def render_quality(meta, records, results_path):
 
     # ---------------- Funnel ----------------
     funnel = [r for r in records if r.get("benchmark") == "funnel"]
+    # The setting the runs recorded (runs before the option have none).
+    interactions = {r.get("interaction") for r in funnel}
+    interaction = interactions.pop() if len(interactions) == 1 else "mixed"
+    crossed = f", interaction={interaction!r}" if interaction else ""
     add("### Synthetic funnel: ESMM vs a CVR model trained on clicks only")
     add("")
     add(
@@ -1370,9 +1374,14 @@ def render_quality(meta, records, results_path):
         f"naive model; patience {FUNNEL_PATIENCE}, best weights restored). "
         "Both models put an L2 penalty of "
         f"{FUNNEL_EMBEDDING_L2:g} on their embedding tables "
-        "(`embeddings_regularizer=keras.regularizers.L2(...)`) and take "
-        "the pairwise dot products of their embedded features as extra "
-        f"inputs (`interaction={FUNNEL_INTERACTION!r}`). The "
+        "(`embeddings_regularizer=keras.regularizers.L2(...)`)"
+        + (
+            " and take the pairwise dot products of their embedded features "
+            f"as extra inputs (`interaction={interaction!r}`)"
+            if interaction
+            else ""
+        )
+        + ". The "
         "ESCM²-IPS row is ESMM trained the same way plus ESCM²'s "
         "counterfactual CVR loss with weight "
         f"{FUNNEL_ESCM2_CVR_WEIGHT:g} (the clicked rows' CVR log loss, each "
@@ -1391,15 +1400,13 @@ def render_quality(meta, records, results_path):
     f_summary = {}
     labels = {
         "esmm": "ESMM `esmm(features, esmm_tasks(), "
-        "embeddings_regularizer=l2, "
-        f"interaction={FUNNEL_INTERACTION!r})`, towers [128, 64]",
+        f"embeddings_regularizer=l2{crossed})`, towers [128, 64]",
         "escm2": "ESCM²-IPS: the same `esmm` with `esmm_tasks(cvr_weight="
         f"{FUNNEL_ESCM2_CVR_WEIGHT:g})`, trained by `keras_mtl.training."
         "compile(model, tasks, propensity={'cvr': 'ctr'})`",
         "naive": "naive: `shared_bottom(features, [Task('conversion')], "
         "bottom_units=(128, 64), tower_units=(), "
-        "embeddings_regularizer=l2, "
-        f"interaction={FUNNEL_INTERACTION!r})` on `click == 1` rows",
+        f"embeddings_regularizer=l2{crossed})` on `click == 1` rows",
     }
     for model in FUNNEL_MODELS:
         ok = [r for r in funnel if r["model"] == model and "error" not in r]

@@ -31,6 +31,17 @@ def _arrays(tasks, n=None):
     return data.dataframe_to_arrays(df, SPECS, tasks)
 
 
+def _assert_reloads_identically(model, tasks, outputs, path):
+    """Saved as `.keras` and reloaded (safe mode): the same predictions."""
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    xs, _, _ = _arrays(tasks, n=64)
+    before = model.predict(xs, verbose=0)
+    after = loaded.predict(xs, verbose=0)
+    for name in outputs:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
 @pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
 def test_builder_trains_and_reloads_identically(architecture, tmp_path):
     tasks = models.tasks_for(architecture, TASKS)
@@ -51,14 +62,7 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
     )
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[1] < losses[0]
-    path = tmp_path / f"{architecture}.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    xs, _, _ = _arrays(tasks, n=64)
-    before = model.predict(xs, verbose=0)
-    after = loaded.predict(xs, verbose=0)
-    for name in expected:
-        np.testing.assert_array_equal(after[name], before[name])
+    _assert_reloads_identically(model, tasks, expected, tmp_path / "m.keras")
 
 
 @pytest.mark.parametrize("weighting", [None, "fixed", "gradnorm"], ids=str)
@@ -271,14 +275,8 @@ def test_builder_dot_interaction_widens_input_and_reloads(
         crossed.get_layer("input_block").output_dim
         == plain.get_layer("input_block").output_dim + 15
     )
-    path = tmp_path / f"{architecture}.keras"
-    crossed.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    xs, _, _ = _arrays(tasks, n=64)
-    before = crossed.predict(xs, verbose=0)
-    after = loaded.predict(xs, verbose=0)
-    for name in before:
-        np.testing.assert_array_equal(after[name], before[name])
+    expected = list(crossed.output_names)
+    _assert_reloads_identically(crossed, tasks, expected, tmp_path / "m.keras")
 
 
 def test_precomputed_input_refuses_interaction():

@@ -96,9 +96,9 @@ def _check_interaction(interaction, interaction_features, features):
         names = list(embedded)
     else:
         names = list(interaction_features)
-        numeric = [f.name for f in features if f.name in names]
-        numeric = [n for n in numeric if n not in embedded]
-        unknown = [n for n in names if n not in embedded and n not in numeric]
+        known = {f.name for f in features}
+        numeric = [n for n in names if n in known and n not in embedded]
+        unknown = [n for n in names if n not in known]
         if numeric or unknown:
             raise ValueError(
                 "`interaction_features` must name categorical or sequence "

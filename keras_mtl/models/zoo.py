@@ -687,9 +687,8 @@ def esmm(
         tower_units: list of int. Hidden layers of the CTR and CVR towers.
             Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
-            interaction: as in `shared_bottom`.
-            interaction_features: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features: as
+            in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -794,9 +793,8 @@ def aitm(
         tower_units: list of int. Hidden layers of each tower; the last width
             is the transfer width. Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
-            interaction: as in `shared_bottom`.
-            interaction_features: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features: as
+            in `shared_bottom`.
         calibrator_weight: float. Weight of the calibrator loss. Defaults to
             `0.6` (the paper's value).
         name: str. Model name.
@@ -1161,10 +1159,9 @@ def check_builder_args(architecture, kwargs):
             f"Builder '{architecture}' has no argument(s) {unknown}. "
             f"It takes: {sorted(accepted)}"
         )
-    if "interaction" in kwargs or "interaction_features" in kwargs:
-        check_interaction_args(
-            kwargs.get("interaction"), kwargs.get("interaction_features")
-        )
+    check_interaction_args(
+        kwargs.get("interaction"), kwargs.get("interaction_features")
+    )
 
 
 def build(architecture, features, tasks, **kwargs):
