@@ -108,7 +108,8 @@ CONSTRUCTORS = {
     ("keras_mtl", "ple"): (
         "keras_mtl.models.ple(features, tasks, num_levels=1, "
         "num_task_experts=2, num_shared_experts=1, expert_units=(64,), "
-        "tower_units=(32,), tower_normalization='layer')"
+        "tower_units=(32,), tower_normalization='layer', "
+        "embeddings_initializer=init)"
     ),
     ("torch_rechub", "shared_bottom"): (
         "SharedBottom(features, task_types=['classification'] * 2, "
