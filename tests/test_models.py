@@ -298,7 +298,7 @@ def test_precomputed_input_refuses_interaction():
         ("cgc", dict(num_levels=2), "num_levels"),
         ("omoe", dict(single_gate=False), "single_gate"),
         ("mmoe", dict(tower_normalization="group"), "tower_normalization"),
-        ("ple", dict(expert_normalization="layer"), "expert_normalization"),
+        ("ple", dict(expert_normalization="group"), "expert_normalization"),
         (
             "shared_bottom",
             dict(embeddings_initializer="nope"),
@@ -370,3 +370,33 @@ def test_esmm_and_aitm_refuse_wrong_tasks():
         models.aitm(SPECS, [Task("click"), Task("conversion", space="click")])
     with pytest.raises(ValueError, match="Unknown `architecture`"):
         models.build("transformer", SPECS, TASKS)
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "omoe", "ple", "cgc"])
+def test_moe_builders_layer_normalize_experts(architecture, tmp_path):
+    model = models.build(
+        architecture,
+        SPECS,
+        TASKS,
+        expert_normalization="layer",
+        tower_normalization="layer",
+        **BUILD_CASES[architecture],
+    )
+    sharing = [
+        layer
+        for layer in model.layers
+        if layer.name == "mmoe" or layer.name.startswith("ple_level")
+    ]
+    assert sharing
+    for layer in sharing:
+        assert layer.expert_normalization == "layer"
+        # Layer norm has no moving statistics to drift between train and
+        # serve: the experts hold trainable weights only.
+        assert layer.non_trainable_weights == []
+    x, y, sw = _arrays(TASKS, n=64)
+    models.compile_model(model, TASKS)
+    history = model.fit(x, y, sample_weight=sw, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    _assert_reloads_identically(
+        model, TASKS, [t.name for t in TASKS], tmp_path / "model.keras"
+    )

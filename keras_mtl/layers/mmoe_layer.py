@@ -49,32 +49,80 @@ def _check_expert_units(expert_units):
         )
 
 
-_EXPERT_NORMALIZATIONS = (None, "batch")
+_EXPERT_NORMALIZATIONS = (None, "batch", "layer")
 
 
 def _check_expert_normalization(expert_normalization):
     if expert_normalization not in _EXPERT_NORMALIZATIONS:
         raise ValueError(
-            "`expert_normalization` must be None or 'batch'. "
+            "`expert_normalization` must be None, 'batch' or 'layer'. "
             f"Received: expert_normalization={expert_normalization!r}"
         )
 
 
-def _expert_batch_norm(layer, name, shape):
-    """A built `BatchNormalization` over a flattened stack of experts.
+class _StackedLayerNormalization(keras.layers.Layer):
+    """Layer normalization of every expert in a `(batch, *stack)` tensor.
+
+    Each expert's units (the last axis) are normalized with
+    `keras.layers.LayerNormalization` (epsilon 1e-3), then scaled and offset
+    with a weight of shape `stack`: one scale and one offset per expert and
+    unit, as if every expert were an MLP with its own layer normalization.
+    """
+
+    def __init__(self, stack, **kwargs):
+        super().__init__(**kwargs)
+        self.stack = tuple(stack)
+        self.norm = keras.layers.LayerNormalization(
+            axis=-1, center=False, scale=False, dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            name="gamma", shape=self.stack, initializer="ones"
+        )
+        self.beta = self.add_weight(
+            name="beta", shape=self.stack, initializer="zeros"
+        )
+        self.norm.build(input_shape)
+        self.built = True
+
+    def call(self, inputs):
+        return self.norm(inputs) * self.gamma + self.beta
+
+
+def _expert_norm(layer, kind, prefix, level, shape):
+    """A built normalization layer for a stack of experts, or `None`.
 
     `shape` is the stacked expert output without the batch axis, e.g.
-    `(num_experts, units)`; the statistics, scale and offset are kept per
-    expert and unit (the flattened last axis), as if every expert were an
-    MLP with its own batch normalization.
+    `(num_experts, units)`; the layer is named `{prefix}_batch_norm_{level}`
+    or `{prefix}_layer_norm_{level}`.
+
+    - `kind="batch"`: a `BatchNormalization` over the flattened stack, i.e.
+      statistics, scale and offset per expert and unit (the expert kernels
+      then have no bias).
+    - `kind="layer"`: every expert's units are normalized per example
+      (`_StackedLayerNormalization`); the expert biases stay, as in
+      `MLP(normalization="layer")`.
     """
-    norm = keras.layers.BatchNormalization(dtype=layer.dtype_policy, name=name)
-    norm.build((None, math.prod(shape)))
+    if kind == "batch":
+        norm = keras.layers.BatchNormalization(
+            dtype=layer.dtype_policy, name=f"{prefix}_batch_norm_{level}"
+        )
+        norm.build((None, math.prod(shape)))
+    elif kind == "layer":
+        norm = _StackedLayerNormalization(
+            shape, dtype=layer.dtype_policy, name=f"{prefix}_layer_norm_{level}"
+        )
+        norm.build((None, *shape))
+    else:
+        norm = None
     return norm
 
 
 def _apply_expert_norm(norm, x, training):
-    """Applies `_expert_batch_norm`'s layer to `(batch, *stack)` experts."""
+    """Applies `_expert_norm`'s layer to `(batch, *stack)` experts."""
+    if isinstance(norm, _StackedLayerNormalization):
+        return norm(x)
     stack = tuple(x.shape[1:])
     x = norm(ops.reshape(x, (-1, math.prod(stack))), training=training)
     return ops.reshape(x, (-1, *stack))
@@ -85,7 +133,8 @@ class MMoELayer(keras.layers.Layer):
     """Multi-gate Mixture-of-Experts: shared experts, one softmax gate a task.
 
     Every expert is an MLP (`expert_units` levels of Dense + optional batch
-    normalization + activation + dropout) applied to the same input. All
+    or layer normalization + activation + dropout) applied to the same
+    input. All
     experts of a level live in one stacked kernel of shape
     `(num_experts, d_in, units)` applied with `ops.einsum`. Task `k` gets a
     softmax gate `g_k(x) = softmax(x W_k + b_k)` over the experts and its
@@ -101,7 +150,8 @@ class MMoELayer(keras.layers.Layer):
             level. Defaults to `"relu"`.
         expert_dropout: float. Dropout rate in `[0, 1)` after every expert
             level during training. Defaults to `0.0`.
-        expert_normalization: `None` or `"batch"`. With `"batch"`, every
+        expert_normalization: `None`, `"batch"` or `"layer"`. With
+            `"batch"`, every
             expert level is `Dense -> BatchNormalization -> activation`,
             with statistics, scale and offset per expert and unit (the
             stacked `(batch, num_experts, units)` tensor is normalized as
@@ -113,7 +163,13 @@ class MMoELayer(keras.layers.Layer):
             The moving statistics use Keras' momentum 0.99, so with few
             steps per epoch they lag the training statistics for several
             epochs; do not follow these experts with batch-normalized
-            towers then. Defaults to `None`.
+            towers then. With `"layer"`, every expert level is
+            `Dense -> LayerNormalization -> activation`: each expert's units
+            are normalized per example (epsilon 1e-3), with scale and
+            offset per expert and unit, and the biases stay (as in
+            `MLP(normalization="layer")`). It has no moving statistics, so
+            it behaves the same in training and serving and at any batch
+            size. Defaults to `None`.
         single_gate: bool. If `True`, one gate is shared by every task
             (OMoE). Defaults to `False`.
         return_gates: bool. If `True`, the call also returns the gate
@@ -237,15 +293,16 @@ class MMoELayer(keras.layers.Layer):
                     regularizer=self.kernel_regularizer,
                 )
             )
-            if self.expert_normalization == "batch":
-                self.expert_norms.append(
-                    _expert_batch_norm(
-                        self,
-                        f"expert_batch_norm_{i}",
-                        (self.num_experts, units),
-                    )
-                )
-            else:
+            norm = _expert_norm(
+                self,
+                self.expert_normalization,
+                "expert",
+                i,
+                (self.num_experts, units),
+            )
+            if norm is not None:
+                self.expert_norms.append(norm)
+            if self.expert_normalization != "batch":
                 self.expert_biases.append(
                     self.add_weight(
                         name=f"expert_bias_{i}",
@@ -274,10 +331,10 @@ class MMoELayer(keras.layers.Layer):
         for i in range(len(self.expert_units)):
             if i > 0:
                 x = ops.einsum("bed,edu->beu", x, self.expert_kernels[i])
+            if self.expert_biases:
+                x = x + self.expert_biases[i]
             if self.expert_norms:
                 x = _apply_expert_norm(self.expert_norms[i], x, training)
-            else:
-                x = x + self.expert_biases[i]
             x = self.expert_activation(x)
             if training and self.expert_dropout > 0:
                 x = keras.random.dropout(

@@ -9,7 +9,7 @@ from keras_mtl.layers.mlp import _is_rate
 from keras_mtl.layers.mmoe_layer import _apply_expert_norm
 from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.layers.mmoe_layer import _check_expert_units
-from keras_mtl.layers.mmoe_layer import _expert_batch_norm
+from keras_mtl.layers.mmoe_layer import _expert_norm
 from keras_mtl.layers.mmoe_layer import _per_expert_initializer
 
 
@@ -47,11 +47,15 @@ class PLELevel(keras.layers.Layer):
             level. Defaults to `"relu"`.
         expert_dropout: float. Dropout rate in `[0, 1)` after every expert
             level during training. Defaults to `0.0`.
-        expert_normalization: `None` or `"batch"`. With `"batch"`, every
-            expert level is `Dense -> BatchNormalization -> activation`,
-            with statistics, scale and offset per expert and unit, and the
-            expert kernels have no bias (the offset replaces it); see
-            `keras_mtl.layers.MMoELayer`. Defaults to `None`.
+        expert_normalization: `None`, `"batch"` or `"layer"`. With
+            `"batch"`, every expert level is
+            `Dense -> BatchNormalization -> activation`, with statistics,
+            scale and offset per expert and unit, and the expert kernels
+            have no bias (the offset replaces it). With `"layer"`, it is
+            `Dense -> LayerNormalization -> activation`, each expert's units
+            normalized per example, with scale and offset per expert and
+            unit; the biases stay. See `keras_mtl.layers.MMoELayer`.
+            Defaults to `None`.
         return_gates: bool. If `True`, the call also returns the task gates.
             Defaults to `False`.
         kernel_initializer: str or `keras.initializers.Initializer`.
@@ -203,7 +207,6 @@ class PLELevel(keras.layers.Layer):
         self.shared_expert_kernels = []
         self.shared_expert_biases = []
         self.shared_expert_norms = []
-        batch_norm = self.expert_normalization == "batch"
         d_in = input_dim
         for i, units in enumerate(self.expert_units):
             task_shape = (num_tasks, task_e, units)
@@ -218,24 +221,27 @@ class PLELevel(keras.layers.Layer):
                     f"shared_expert_kernel_{i}", (shared_e, d_in, units)
                 )
             )
-            if batch_norm:
-                self.task_expert_norms.append(
-                    _expert_batch_norm(
-                        self, f"task_expert_batch_norm_{i}", task_shape
-                    )
+            for prefix, shape, norms, biases in (
+                (
+                    "task_expert",
+                    task_shape,
+                    self.task_expert_norms,
+                    self.task_expert_biases,
+                ),
+                (
+                    "shared_expert",
+                    shared_shape,
+                    self.shared_expert_norms,
+                    self.shared_expert_biases,
+                ),
+            ):
+                norm = _expert_norm(
+                    self, self.expert_normalization, prefix, i, shape
                 )
-                self.shared_expert_norms.append(
-                    _expert_batch_norm(
-                        self, f"shared_expert_batch_norm_{i}", shared_shape
-                    )
-                )
-            else:
-                self.task_expert_biases.append(
-                    self._add_bias(f"task_expert_bias_{i}", task_shape)
-                )
-                self.shared_expert_biases.append(
-                    self._add_bias(f"shared_expert_bias_{i}", shared_shape)
-                )
+                if norm is not None:
+                    norms.append(norm)
+                if self.expert_normalization != "batch":
+                    biases.append(self._add_bias(f"{prefix}_bias_{i}", shape))
             d_in = units
         self.task_gate_kernel = self._add_kernel(
             "task_gate_kernel", (num_tasks, input_dim, task_e + shared_e)
@@ -253,10 +259,10 @@ class PLELevel(keras.layers.Layer):
         self.built = True
 
     def _activate(self, x, biases, norms, i, training):
+        if biases:
+            x = x + biases[i]
         if norms:
             x = _apply_expert_norm(norms[i], x, training)
-        else:
-            x = x + biases[i]
         x = self.expert_activation(x)
         if training and self.expert_dropout > 0:
             x = keras.random.dropout(

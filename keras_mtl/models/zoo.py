@@ -409,9 +409,9 @@ def mmoe(
             `(64,)`.{common}
         single_gate: bool. One gate for every task (OMoE). Defaults to
             `False`.
-        expert_normalization: `None` or `"batch"`: batch normalization
-            inside every expert level (see `MMoELayer`). Defaults to
-            `None`.{tower_normalization}
+        expert_normalization: `None`, `"batch"` or `"layer"`: batch or
+            layer normalization inside every expert level (see
+            `MMoELayer`). Defaults to `None`.{tower_normalization}
         name: str. Model name.
 
     Returns:
@@ -515,9 +515,9 @@ def ple(
         num_shared_experts: int. Shared experts per level. Defaults to `1`.
         expert_units: list of int. Hidden layers of each expert. Defaults to
             `(64,)`.{common}
-        expert_normalization: `None` or `"batch"`: batch normalization
-            inside every expert level (see `PLELevel`). Defaults to
-            `None`.{tower_normalization}
+        expert_normalization: `None`, `"batch"` or `"layer"`: batch or
+            layer normalization inside every expert level (see
+            `PLELevel`). Defaults to `None`.{tower_normalization}
         name: str. Model name.
 
     Returns:

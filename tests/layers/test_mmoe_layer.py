@@ -38,11 +38,20 @@ def _batch_norm(h, training):
     return h / np.sqrt(1.0 + 1e-3)  # moving mean 0, moving variance 1
 
 
+def _layer_norm(h, gamma, beta):
+    """Layer normalization of every row (epsilon 1e-3) in NumPy."""
+    mean = h.mean(axis=-1, keepdims=True)
+    var = h.var(axis=-1, keepdims=True)
+    return (h - mean) / np.sqrt(var + 1e-3) * gamma + beta
+
+
 def _reference(layer, x, training=False):
     """Loop-per-expert NumPy MMoE with the layer's weights (relu experts).
 
     With `expert_normalization="batch"`, every expert level is normalized
-    on its own, as a freshly built batch normalization would.
+    on its own, as a freshly built batch normalization would; with
+    `"layer"`, every expert's units are layer-normalized per example with
+    that expert's scale and offset.
     """
     experts = []
     for e in range(layer.num_experts):
@@ -53,6 +62,9 @@ def _reference(layer, x, training=False):
                 h = _batch_norm(h, training)
             else:
                 h = h + _np(layer.expert_biases[i])[e]
+            if layer.expert_normalization == "layer":
+                norm = layer.expert_norms[i]
+                h = _layer_norm(h, _np(norm.gamma)[e], _np(norm.beta)[e])
             h = np.maximum(h, 0.0)
         experts.append(h)
     experts = np.stack(experts, axis=1)  # (batch, experts, units)
@@ -163,6 +175,82 @@ def test_one_expert_with_batch_norm_equals_batch_norm_mlp(training):
     expected = _np(bottom(x, training=training))
     assert np.any(expected != 0.0)
     for out in mmoe(x, training=training):
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def _randomize(weights, seed=1):
+    """Assigns distinct random values, so per-expert weights are tested."""
+    rng = np.random.default_rng(seed)
+    for w in weights:
+        w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+def test_layer_norm_matches_per_expert_reference(training):
+    layer = MMoELayer(
+        3, [6, 4], 2, expert_normalization="layer", return_gates=True
+    )
+    x = _x(batch=8)
+    layer(x)
+    _randomize(
+        layer.expert_biases
+        + [n.gamma for n in layer.expert_norms]
+        + [n.beta for n in layer.expert_norms]
+    )
+    outputs, gates = layer(x, training=training)
+    expected_outputs, expected_gates = _reference(layer, x)
+    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
+    for out, expected in zip(outputs, expected_outputs):
+        assert np.any(expected != 0.0)
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_keeps_biases_and_scales_per_expert():
+    layer = MMoELayer(3, [6, 4], 2, expert_normalization="layer")
+    layer.build((None, 5))
+    names = sorted(w.path.split("/", 1)[1] for w in layer.trainable_weights)
+    assert names == [
+        "expert_bias_0",
+        "expert_bias_1",
+        "expert_kernel_0",
+        "expert_kernel_1",
+        "expert_layer_norm_0/beta",
+        "expert_layer_norm_0/gamma",
+        "expert_layer_norm_1/beta",
+        "expert_layer_norm_1/gamma",
+        "gate_bias",
+        "gate_kernel",
+    ]
+    # Scale and offset per expert and unit; no moving statistics.
+    assert tuple(layer.expert_norms[1].gamma.shape) == (3, 4)
+    assert layer.non_trainable_weights == []
+
+
+def test_layer_norm_normalizes_each_expert_and_example():
+    """Before the relu, every expert's units have mean 0 and variance 1."""
+    layer = MMoELayer(3, [6], 1, expert_normalization="layer")
+    x = _x(batch=8) * 50.0
+    layer(x)
+    pre = keras.ops.einsum("bd,edu->beu", x, layer.expert_kernels[0])
+    normed = _np(layer.expert_norms[0](pre + layer.expert_biases[0]))
+    np.testing.assert_allclose(normed.mean(axis=-1), 0.0, atol=1e-5)
+    # Variance v / (v + 1e-3) with v in the thousands: 1 to 1e-6.
+    np.testing.assert_allclose(normed.var(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_one_expert_with_layer_norm_equals_layer_norm_mlp():
+    mmoe = MMoELayer(1, [6, 4], 2, expert_normalization="layer")
+    bottom = MLP([6, 4], normalization="layer")
+    x = _x(batch=8)
+    mmoe(x)
+    bottom(x)
+    _randomize(mmoe.expert_biases)
+    for i, dense in enumerate(bottom.dense_layers):
+        dense.kernel.assign(mmoe.expert_kernels[i][0])
+        dense.bias.assign(mmoe.expert_biases[i][0])
+    expected = _np(bottom(x))
+    assert np.any(expected != 0.0)
+    for out in mmoe(x):
         np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -291,7 +379,9 @@ def test_batch_norm_moving_statistics_update_in_fit():
 
 
 @pytest.mark.parametrize(
-    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+    "expert_normalization",
+    [None, "batch", "layer"],
+    ids=["plain", "batch_norm", "layer_norm"],
 )
 def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
     layer = MMoELayer(
@@ -329,7 +419,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         ({"return_gates": 1}, "return_gates"),
         ({"expert_activation": "nope"}, "expert_activation"),
         ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
-        ({"expert_normalization": "layer"}, "expert_normalization"),
+        ({"expert_normalization": "group"}, "expert_normalization"),
         ({"expert_normalization": True}, "expert_normalization"),
     ],
     ids=[
@@ -344,7 +434,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         "int_return_gates",
         "unknown_activation",
         "unknown_regularizer",
-        "layer_normalization",
+        "group_normalization",
         "bool_normalization",
     ],
 )
@@ -356,7 +446,9 @@ def test_invalid_arguments(kwargs, name):
 
 
 @pytest.mark.parametrize(
-    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+    "expert_normalization",
+    [None, "batch", "layer"],
+    ids=["plain", "batch_norm", "layer_norm"],
 )
 def test_keras_save_and_load(tmp_path, expert_normalization):
     inputs = keras.Input((5,))
@@ -364,11 +456,15 @@ def test_keras_save_and_load(tmp_path, expert_normalization):
         3, [4], 2, expert_normalization=expert_normalization, name="mmoe"
     )(inputs)
     model = keras.Model(inputs, {"a": task_a, "b": task_b})
-    if expert_normalization:
+    norms = model.get_layer("mmoe").expert_norms
+    if expert_normalization == "batch":
         # Non-trivial moving statistics, so that saving them is tested.
-        for norm in model.get_layer("mmoe").expert_norms:
+        for norm in norms:
             norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
             norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
+    if expert_normalization == "layer":
+        # Per-expert scales and offsets other than their initial values.
+        _randomize([n.gamma for n in norms] + [n.beta for n in norms])
     path = tmp_path / "mmoe.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

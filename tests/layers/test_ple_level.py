@@ -49,23 +49,41 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _mlp(x, kernels, biases):
-    """A relu expert; `biases=None`: freshly built batch norm (training)."""
+def _mlp(x, kernels, biases, layer_norms=None):
+    """A relu expert; `biases=None`: freshly built batch norm (training).
+
+    `layer_norms`: a `(gamma, beta)` pair per level for layer
+    normalization (epsilon 1e-3) after the bias.
+    """
     for i, kernel in enumerate(kernels):
         x = x @ kernel
         if biases is None:
             x = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-3)
         else:
             x = x + biases[i]
+        if layer_norms is not None:
+            gamma, beta = layer_norms[i]
+            mean = x.mean(axis=-1, keepdims=True)
+            var = x.var(axis=-1, keepdims=True)
+            x = (x - mean) / np.sqrt(var + 1e-3) * gamma + beta
         x = np.maximum(x, 0.0)
     return x
+
+
+def _expert_layer_norms(layer, norms, index):
+    """One expert's `(gamma, beta)` per level, or `None` without them."""
+    if layer.expert_normalization != "layer":
+        return None
+    return [(_np(n.gamma)[index], _np(n.beta)[index]) for n in norms]
 
 
 def _reference(layer, inputs):
     """Loop-per-expert NumPy PLE level with the layer's weights.
 
     With `expert_normalization="batch"`, every expert level is normalized
-    on its own with the batch statistics (training mode).
+    on its own with the batch statistics (training mode); with `"layer"`,
+    every expert's units are layer-normalized per example with that
+    expert's scale and offset.
     """
     if not isinstance(inputs, list):
         inputs = [inputs] * (layer.num_tasks + 1)
@@ -79,6 +97,7 @@ def _reference(layer, inputs):
             None
             if batch_norm
             else [_np(b)[e] for b in layer.shared_expert_biases],
+            _expert_layer_norms(layer, layer.shared_expert_norms, e),
         )
         for e in range(layer.num_shared_experts)
     ]
@@ -89,6 +108,7 @@ def _reference(layer, inputs):
                 inputs[t],
                 [k[t, e] for k in task_kernels],
                 None if batch_norm else [b[t, e] for b in task_biases],
+                _expert_layer_norms(layer, layer.task_expert_norms, (t, e)),
             )
             for e in range(layer.num_task_experts)
         ]
@@ -182,6 +202,51 @@ def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
     for out, exp in zip(outputs, expected):
         assert np.any(exp != 0.0)
         np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
+
+
+def _randomize(weights, seed=1):
+    """Assigns distinct random values, so per-expert weights are tested."""
+    rng = np.random.default_rng(seed)
+    for w in weights:
+        w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
+
+
+@pytest.mark.parametrize(
+    "is_last, list_inputs",
+    [(False, False), (False, True), (True, True)],
+    ids=["first_level", "middle_level", "last_level"],
+)
+def test_layer_norm_matches_per_expert_reference(is_last, list_inputs):
+    layer = _level(is_last=is_last, expert_normalization="layer")
+    inputs = _branches(batch=8) if list_inputs else _x(batch=8)
+    layer(inputs)
+    norms = layer.task_expert_norms + layer.shared_expert_norms
+    _randomize(
+        layer.task_expert_biases
+        + layer.shared_expert_biases
+        + [n.gamma for n in norms]
+        + [n.beta for n in norms]
+    )
+    expected = _reference(layer, inputs)
+    for training in (True, False):
+        outputs = layer(inputs, training=training)
+        assert len(outputs) == len(expected)
+        for out, exp in zip(outputs, expected):
+            assert np.any(exp != 0.0)
+            np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_keeps_biases_and_scales_per_expert():
+    layer = _level(is_last=True, expert_normalization="layer")
+    layer(_x())
+    assert len(layer.task_expert_biases) == len(layer.shared_expert_biases) == 2
+    assert tuple(layer.task_expert_norms[0].gamma.shape) == (NUM_TASKS, 2, 6)
+    assert tuple(layer.shared_expert_norms[1].beta.shape) == (2, 4)
+    assert [n.name for n in layer.shared_expert_norms] == [
+        "shared_expert_layer_norm_0",
+        "shared_expert_layer_norm_1",
+    ]
+    assert layer.non_trainable_weights == []
 
 
 def test_batch_norm_replaces_expert_biases_and_infers_with_moving_stats():
@@ -308,7 +373,9 @@ def test_batch_norm_moving_statistics_update_in_fit():
 
 
 @pytest.mark.parametrize(
-    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+    "expert_normalization",
+    [None, "batch", "layer"],
+    ids=["plain", "batch_norm", "layer_norm"],
 )
 def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
     layer = _level(return_gates=True, expert_normalization=expert_normalization)
@@ -332,7 +399,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         ({"return_gates": None}, "return_gates"),
         ({"expert_dropout": 2.0}, "expert_dropout"),
         ({"expert_activation": "nope"}, "expert_activation"),
-        ({"expert_normalization": "layer"}, "expert_normalization"),
+        ({"expert_normalization": "group"}, "expert_normalization"),
     ],
     ids=[
         "zero_tasks",
@@ -343,7 +410,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         "none_return_gates",
         "dropout_two",
         "unknown_activation",
-        "layer_normalization",
+        "group_normalization",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -357,7 +424,9 @@ def test_wrong_number_of_branches():
 
 
 @pytest.mark.parametrize(
-    "expert_normalization", [None, "batch"], ids=["plain", "batch_norm"]
+    "expert_normalization",
+    [None, "batch", "layer"],
+    ids=["plain", "batch_norm", "layer_norm"],
 )
 def test_keras_save_and_load(tmp_path, expert_normalization):
     inputs = keras.Input((5,))
@@ -367,10 +436,15 @@ def test_keras_save_and_load(tmp_path, expert_normalization):
         branches
     )
     model = keras.Model(inputs, towers)
-    for norm in model.get_layer("level_2").shared_expert_norms:
+    norms = model.get_layer("level_2").shared_expert_norms
+    if expert_normalization == "batch":
         # Non-trivial moving statistics, so that saving them is tested.
-        norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
-        norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
+        for norm in norms:
+            norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
+            norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
+    if expert_normalization == "layer":
+        # Per-expert scales and offsets other than their initial values.
+        _randomize([n.gamma for n in norms] + [n.beta for n in norms])
     path = tmp_path / "ple.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
