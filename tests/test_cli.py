@@ -180,6 +180,14 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
             },
             "must be a list of feature names",
         ),
+        (
+            {"model": {"architecture": "ple", "expert_normalization": "group"}},
+            r"`expert_normalization` must be None, 'batch' or 'layer'",
+        ),
+        (
+            {"model": {"architecture": "mmoe", "tower_normalization": "l2"}},
+            r"`tower_normalization` must be one of 'layer', 'batch', None",
+        ),
         ({"tasks": [{"name": "cvr", "space": "click"}]}, "unknown task"),
     ],
     ids=[
@@ -195,6 +203,8 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         "interaction_kind",
         "interaction_features_without_dot",
         "interaction_features_string",
+        "expert_normalization",
+        "tower_normalization",
         "task_space",
     ],
 )

@@ -172,6 +172,41 @@ def test_interaction_is_searched_as_none_or_dot(funnel):
     assert block.output_dim == plain + 3
 
 
+def test_normalizations_are_searched_with_none(funnel):
+    _, specs, tasks = funnel
+    hypermodel = tuning.MultiTaskHyperModel(
+        specs,
+        tasks,
+        search_space={
+            "architecture": ["mmoe", "ple", "shared_bottom"],
+            "expert_normalization": ["none", "batch", "layer"],
+            "tower_normalization": ["none", "layer"],
+        },
+    )
+    hp = keras_tuner.HyperParameters()
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {"expert_normalization": None, "tower_normalization": None}
+    space = {p.name: p for p in hp.space}
+    # Only the mixture-of-experts builders take them.
+    for key in ("expert_normalization", "tower_normalization"):
+        assert sorted(space[key].conditions[0].values) == ["mmoe", "ple"]
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("architecture", "ple")
+    hp.Fixed("expert_normalization", "layer")
+    hp.Fixed("tower_normalization", "layer")
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {
+        "expert_normalization": "layer",
+        "tower_normalization": "layer",
+    }
+    model = hypermodel.build(hp).model
+    assert model.get_layer("ple_level_1").expert_normalization == "layer"
+    tower = model.get_layer(f"tower_{tasks[0].name}")
+    assert [type(n) for n in tower.norm_layers] == [
+        keras.layers.LayerNormalization
+    ]
+
+
 def test_loss_weights_and_esmm_routing(funnel):
     _, specs, tasks = funnel
     space = {
@@ -380,6 +415,16 @@ BAD_CONFIGS = {
     "interaction_value": (
         {"search_space": {**SMALL_SPACE, "interaction": ["none", "cross"]}},
         r"search_space.interaction` values must be \['dot', 'none'\]",
+    ),
+    "normalization_value": (
+        {
+            "search_space": {
+                **SMALL_SPACE,
+                "expert_normalization": ["none", "group"],
+            }
+        },
+        r"search_space.expert_normalization` values must be "
+        r"\['batch', 'layer', 'none'\]",
     ),
     "unknown_tuner": ({"tuner": {"algorithm": "grid"}}, "tuner.algorithm"),
 }

@@ -26,6 +26,7 @@ from keras_mtl.layers import KLBoundPenalty
 from keras_mtl.layers import MMoELayer
 from keras_mtl.layers import PLELevel
 from keras_mtl.layers.input_block import check_interaction_args
+from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.task import Task
 from keras_mtl.task import validate_tasks
 
@@ -1140,8 +1141,8 @@ def tasks_for(architecture, tasks):
 
 def check_builder_args(architecture, kwargs):
     """Refuses an unknown architecture or builder argument, naming it, and
-    a bad `interaction` / `interaction_features` value (the checks that need
-    no feature specs)."""
+    a bad `interaction` / `interaction_features`, `expert_normalization` or
+    `tower_normalization` value (the checks that need no feature specs)."""
     if architecture not in BUILDERS:
         raise ValueError(
             f"Unknown `architecture`. Received: architecture={architecture!r}"
@@ -1161,6 +1162,12 @@ def check_builder_args(architecture, kwargs):
         )
     check_interaction_args(
         kwargs.get("interaction"), kwargs.get("interaction_features")
+    )
+    _check_expert_normalization(kwargs.get("expert_normalization"))
+    _check_normalization(
+        "tower_normalization",
+        kwargs.get("tower_normalization"),
+        TOWER_NORMALIZATIONS,
     )
 
 

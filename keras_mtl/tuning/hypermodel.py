@@ -20,9 +20,11 @@ Keys:
   values its architecture uses. `*_units` values are one layer width (`64`)
   or a comma-separated string of widths (`"128,64"`; `"none"` for no
   layer).
-- `interaction`: `"none"` or `"dot"`, the builders' `interaction` (dot
-  products of the embedded features; `"none"` stands for `None`, which
-  KerasTuner's `Choice` cannot hold). Declared like a builder argument.
+- `interaction` (`"none"` or `"dot"`: dot products of the embedded
+  features), `expert_normalization` and `tower_normalization` (`"none"`,
+  `"batch"` or `"layer"`): the builders' arguments of those names, with
+  `"none"` standing for `None`, which KerasTuner's `Choice` cannot hold.
+  Declared like any builder argument.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
   (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `pcgrad`).
@@ -87,8 +89,13 @@ METRIC_KINDS = {
 
 _GLOBAL_KEYS = ("architecture", "learning_rate", "weighting", "loss_weight")
 _INT_KEYS = ("num_experts", "num_task_experts", "num_shared_experts")
-# `search_space.interaction` values -> the builders' `interaction`.
-_INTERACTIONS = {"none": None, "dot": "dot"}
+# Builder arguments whose `None` the search space spells "none" (KerasTuner's
+# `Choice` cannot hold `None`), with their other values.
+_NONE_SPELLED = {
+    "interaction": ("dot",),
+    "expert_normalization": ("batch", "layer"),
+    "tower_normalization": ("batch", "layer"),
+}
 _RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
 # Arguments a builder forwards (**kwargs) but refuses.
 _REFUSED = {("cgc", "num_levels"), ("omoe", "single_gate")}
@@ -159,8 +166,8 @@ def _as_float(key, value):
 
 
 def _key_kind(key):
-    """'str', 'int', 'float', 'units', 'interaction' or 'any' (other builder
-    arguments)."""
+    """'str', 'int', 'float', 'units', 'none_spelled' or 'any' (other
+    builder arguments)."""
     if key in ("architecture", "weighting"):
         return "str"
     if key in ("learning_rate", "dropout", "loss_weight") or key.startswith(
@@ -171,8 +178,8 @@ def _key_kind(key):
         return "int"
     if key.endswith("_units"):
         return "units"
-    if key == "interaction":
-        return "interaction"
+    if key in _NONE_SPELLED:
+        return "none_spelled"
     return "any"
 
 
@@ -205,11 +212,12 @@ def _check_value(key, kind, value):
     if kind == "units":
         parse_units(value, f"search_space.{key}")
         return value
-    if kind == "interaction":
-        if value not in _INTERACTIONS:
+    if kind == "none_spelled":
+        allowed = sorted(("none", *_NONE_SPELLED[key]))
+        if value not in allowed:
             raise ValueError(
-                "`search_space.interaction` values must be "
-                f"{sorted(_INTERACTIONS)}. Received: {value!r}"
+                f"`search_space.{key}` values must be {allowed}. "
+                f"Received: {value!r}"
             )
         return value
     if kind == "str":
@@ -741,8 +749,8 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
             if arch in users:
                 if _key_kind(key) == "units":
                     value = parse_units(value, key)
-                elif _key_kind(key) == "interaction":
-                    value = _INTERACTIONS[value]
+                elif _key_kind(key) == "none_spelled" and value == "none":
+                    value = None
                 kwargs[key] = value
         learning_rate = None
         if "learning_rate" in self.space:
