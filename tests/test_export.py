@@ -243,6 +243,24 @@ def test_dot_interaction_serves_like_keras(tmp_path):
     _assert_serves_like_keras(path, model)
 
 
+@pytest.mark.parametrize("architecture", ["mmoe", "ple"])
+def test_layer_normalized_experts_serve_like_keras(tmp_path, architecture):
+    # The per-expert layer norm (and the towers' Keras LayerNormalization)
+    # run inside the served graph and give Keras' predictions.
+    keras.utils.set_random_seed(3)
+    model = models.build(
+        architecture,
+        SPECS,
+        TASKS,
+        expert_units=[8],
+        tower_units=[4],
+        expert_normalization="layer",
+        tower_normalization="layer",
+    )
+    path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
+    _assert_serves_like_keras(path, model)
+
+
 # (d) Warmup requests. -----------------------------------------------------
 
 
@@ -572,7 +590,12 @@ ONNX_REASON = "onnx, onnxruntime or tf2onnx not installed (pip install .[onnx])"
 
 
 @pytest.mark.skipif(not HAVE_ONNX, reason=ONNX_REASON)
-def test_onnx_export_matches_keras_for_numeric_and_id_features(tmp_path):
+@pytest.mark.parametrize(
+    "expert_normalization", [None, "layer"], ids=["plain", "layer_norm"]
+)
+def test_onnx_export_matches_keras_for_numeric_and_id_features(
+    tmp_path, expert_normalization
+):
     import onnxruntime
 
     specs = [
@@ -582,7 +605,12 @@ def test_onnx_export_matches_keras_for_numeric_and_id_features(tmp_path):
         SequenceFeature("hist_item_ids", vocab_size=1000, max_len=10),
     ]
     model = models.mmoe(
-        specs, TASKS, num_experts=2, expert_units=[8], tower_units=[4]
+        specs,
+        TASKS,
+        num_experts=2,
+        expert_units=[8],
+        tower_units=[4],
+        expert_normalization=expert_normalization,
     )
     path = export_lib.export_onnx(
         model, tmp_path / "model.onnx", fusion=FUSION, tasks=TASKS
