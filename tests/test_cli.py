@@ -163,8 +163,12 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         ),
         ({"model": {"architecture": "gbdt"}}, "Unknown `architecture`"),
         (
-            {"model": {"architecture": "esmm", "interaction": "cross"}},
-            r'`interaction` must be None or "dot"',
+            {"model": {"architecture": "esmm", "interaction": "fm"}},
+            r'`interaction` must be None, "dot" or "cross"',
+        ),
+        (
+            {"model": {"architecture": "mmoe", "cross_layers": 3}},
+            r'`cross_layers` needs `interaction="cross"`',
         ),
         (
             {"model": {"architecture": "mmoe", "interaction_features": ["a"]}},
@@ -201,6 +205,7 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         "builder_arg_typo",
         "unknown_architecture",
         "interaction_kind",
+        "cross_layers_without_cross",
         "interaction_features_without_dot",
         "interaction_features_string",
         "expert_normalization",

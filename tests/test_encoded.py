@@ -40,7 +40,9 @@ def funnel():
 
 def _model(features, tasks, interaction=None):
     kwargs = {}
-    if interaction:
+    if interaction == "cross":
+        kwargs = dict(interaction="cross", cross_projection_dim=4)
+    if interaction == "dot":
         # The hashed user id has its own width (4): cross the 8-dim ones.
         kwargs = dict(
             interaction=interaction,
@@ -60,7 +62,7 @@ def _model(features, tasks, interaction=None):
     )
 
 
-@pytest.mark.parametrize("interaction", [None, "dot"], ids=str)
+@pytest.mark.parametrize("interaction", [None, "dot", "cross"], ids=str)
 def test_twin_predicts_like_the_raw_model(funnel, interaction):
     df, features, tasks = funnel
     model = _model(features, tasks, interaction=interaction)
@@ -140,7 +142,7 @@ def test_compile_turns_xla_on_for_the_twin_only(funnel):
     assert model.jit_compile is False
 
 
-@pytest.mark.parametrize("interaction", [None, "dot"], ids=str)
+@pytest.mark.parametrize("interaction", [None, "dot", "cross"], ids=str)
 def test_xla_training_matches_the_raw_path(funnel, interaction):
     df, features, tasks = funnel
     x = data_lib.features_to_arrays(df.head(500), features)

@@ -243,6 +243,24 @@ def test_dot_interaction_serves_like_keras(tmp_path):
     _assert_serves_like_keras(path, model)
 
 
+def test_cross_interaction_serves_like_keras(tmp_path):
+    # keras-rs' FeatureCross layers inside the InputBlock run in the served
+    # graph and give Keras' predictions.
+    keras.utils.set_random_seed(4)
+    model = models.mmoe(
+        SPECS,
+        TASKS,
+        num_experts=2,
+        expert_units=[8],
+        tower_units=[4],
+        interaction="cross",
+        cross_projection_dim=4,
+    )
+    assert len(model.get_layer("input_block").feature_crosses) == 2
+    path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
+    _assert_serves_like_keras(path, model)
+
+
 @pytest.mark.parametrize("architecture", ["mmoe", "ple"])
 def test_layer_normalized_experts_serve_like_keras(tmp_path, architecture):
     # The per-expert layer norm (and the towers' Keras LayerNormalization)

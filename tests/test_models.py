@@ -279,12 +279,46 @@ def test_builder_dot_interaction_widens_input_and_reloads(
     _assert_reloads_identically(crossed, tasks, expected, tmp_path / "m.keras")
 
 
-def test_precomputed_input_refuses_interaction():
+@pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
+def test_builder_cross_interaction_keeps_width_and_reloads(
+    architecture, tmp_path
+):
+    tasks = models.tasks_for(architecture, TASKS)
+    kwargs = BUILD_CASES[architecture]
+    plain = models.build(architecture, SPECS, tasks, **kwargs)
+    crossed = models.build(
+        architecture,
+        SPECS,
+        tasks,
+        interaction="cross",
+        cross_layers=3,
+        cross_projection_dim=8,
+        **kwargs,
+    )
+    block = crossed.get_layer("input_block")
+    # The cross network replaces the input vector by one of its width.
+    assert block.output_dim == plain.get_layer("input_block").output_dim
+    assert [c.projection_dim for c in block.feature_crosses] == [8] * 3
+    # Each layer: U (d, 8), V (8, d) and a bias (d,) on top of the plain.
+    d = block.output_dim
+    assert crossed.count_params() - plain.count_params() == 3 * (
+        d * 8 + 8 * d + d
+    )
+    expected = list(crossed.output_names)
+    _assert_reloads_identically(crossed, tasks, expected, tmp_path / "m.keras")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(interaction="dot"), dict(interaction="cross", cross_layers=3)],
+    ids=["dot", "cross"],
+)
+def test_precomputed_input_refuses_interaction(kwargs):
     inputs = {s.name: keras.Input(shape=(), name=s.name) for s in SPECS[:1]}
     x = keras.layers.Dense(4)(keras.ops.expand_dims(inputs[SPECS[0].name], -1))
     with models.zoo.precomputed_input(inputs, x):
         with pytest.raises(ValueError, match="interaction.*precomputed_input"):
-            models.mmoe(SPECS, TASKS, interaction="dot")
+            models.mmoe(SPECS, TASKS, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,7 @@ def test_conditional_values_follow_the_architecture(funnel):
     assert "expert_units" not in kwargs
 
 
-def test_interaction_is_searched_as_none_or_dot(funnel):
+def test_interaction_is_searched_as_none_dot_or_cross(funnel):
     df, _, tasks = funnel
     # device, item_category and position embedded: 3 pairwise dots.
     specs = keras_mtl.infer_features(
@@ -152,7 +152,7 @@ def test_interaction_is_searched_as_none_or_dot(funnel):
         tasks,
         search_space={
             "architecture": ["mmoe", "shared_bottom"],
-            "interaction": ["none", "dot"],
+            "interaction": ["none", "dot", "cross"],
         },
     )
     hp = keras_tuner.HyperParameters()
@@ -170,6 +170,12 @@ def test_interaction_is_searched_as_none_or_dot(funnel):
     assert kwargs == {"interaction": "dot"}
     block = hypermodel.build(hp).model.get_layer("input_block")
     assert block.output_dim == plain + 3
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("interaction", "cross")
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {"interaction": "cross"}
+    block = hypermodel.build(hp).model.get_layer("input_block")
+    assert block.output_dim == plain and len(block.feature_crosses) == 2
 
 
 def test_normalizations_are_searched_with_none(funnel):
@@ -413,8 +419,18 @@ BAD_CONFIGS = {
         "num_levels.*applies to \\['ple'\\]",
     ),
     "interaction_value": (
-        {"search_space": {**SMALL_SPACE, "interaction": ["none", "cross"]}},
-        r"search_space.interaction` values must be \['dot', 'none'\]",
+        {"search_space": {**SMALL_SPACE, "interaction": ["none", "fm"]}},
+        r"search_space.interaction` values must be \['cross', 'dot', 'none'\]",
+    ),
+    "cross_layers_without_fixed_cross": (
+        {
+            "search_space": {
+                **SMALL_SPACE,
+                "interaction": ["none", "cross"],
+                "cross_layers": [1, 2],
+            }
+        },
+        r"search_space.cross_layers` needs `interaction` fixed to 'cross'",
     ),
     "normalization_value": (
         {

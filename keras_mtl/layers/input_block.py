@@ -55,23 +55,50 @@ def resolve_embedding_args(embeddings_initializer, embeddings_regularizer):
     )
 
 
-def check_interaction_args(interaction, interaction_features):
-    """Refuses a bad `interaction` / `interaction_features` pair, naming it.
+INTERACTIONS = (None, "dot", "cross")
+# Cross layers of `interaction="cross"` when `cross_layers` is None.
+DEFAULT_CROSS_LAYERS = 2
+
+
+def check_interaction_args(
+    interaction,
+    interaction_features,
+    cross_layers=None,
+    cross_projection_dim=None,
+):
+    """Refuses bad interaction arguments, naming the argument.
 
     The checks that need no feature specs (the run config makes them before
     any data is read); `InputBlock` adds those against its features.
     """
-    if interaction not in (None, "dot"):
+    if interaction not in INTERACTIONS:
         raise ValueError(
-            '`interaction` must be None or "dot". '
+            '`interaction` must be None, "dot" or "cross". '
             f"Received: interaction={interaction!r}"
         )
-    if interaction is None and interaction_features is not None:
+    if interaction != "dot" and interaction_features is not None:
         raise ValueError(
-            '`interaction_features` needs `interaction="dot"`. '
+            '`interaction_features` needs `interaction="dot"` (the cross '
+            "network crosses the whole input vector). "
             f"Received: interaction_features={interaction_features!r} "
-            "with interaction=None"
+            f"with interaction={interaction!r}"
         )
+    for name, value in (
+        ("cross_layers", cross_layers),
+        ("cross_projection_dim", cross_projection_dim),
+    ):
+        if value is None:
+            continue
+        if interaction != "cross":
+            raise ValueError(
+                f'`{name}` needs `interaction="cross"`. '
+                f"Received: {name}={value!r} with interaction={interaction!r}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{name}` must be None or a positive integer. "
+                f"Received: {name}={value!r}"
+            )
     if interaction_features is not None and (
         not isinstance(interaction_features, (list, tuple))
         or not all(isinstance(n, str) for n in interaction_features)
@@ -83,9 +110,8 @@ def check_interaction_args(interaction, interaction_features):
 
 
 def _check_interaction(interaction, interaction_features, features):
-    """The names of the interacting features, or `None`; named errors."""
-    check_interaction_args(interaction, interaction_features)
-    if interaction is None:
+    """The names of the dot-interacting features, or `None`; named errors."""
+    if interaction != "dot":
         return None
     embedded = {
         f.name: f
@@ -164,7 +190,11 @@ class InputBlock(keras.layers.Layer):
     `keras_rs.layers.DotInteraction`: one value per pair, in its
     lower-triangle order). A multilayer perceptron on concatenated
     embeddings represents a user-item dot product poorly (Rendle et al.,
-    2020); the interaction hands it over as an input.
+    2020); the interaction hands it over as an input. With
+    `interaction="cross"`, that whole vector `x0` instead goes through a
+    DCN-v2 cross network of the same width (`keras_rs.layers.FeatureCross`
+    layers: `x_{l+1} = x0 * (W_l x_l + b_l) + x_l`), which learns explicit
+    bounded-degree crosses of every input, numeric ones included.
 
     Embedding lookups are grouped: every categorical and sequence feature
     with the same `embed_dim` shares one table, addressed with per-feature
@@ -182,13 +212,22 @@ class InputBlock(keras.layers.Layer):
             fill (`MissingValueLayer`, in normalised units, initialised to
             the spec's fill value) instead of the fixed fill. The missing
             indicators are unchanged. Defaults to `False`.
-        interaction: `None` or `"dot"`. With `"dot"`, also output the dot
-            product of every pair of `interaction_features` embeddings
-            (sequence features pooled first). Defaults to `None`.
+        interaction: `None`, `"dot"` or `"cross"`. With `"dot"`, also output
+            the dot product of every pair of `interaction_features`
+            embeddings (sequence features pooled first). With `"cross"`,
+            output the DCN-v2 cross network of the plain output (same
+            width). Defaults to `None`.
         interaction_features: list of categorical or sequence feature names
             that interact, at least 2, all with the same `embed_dim`; only
             with `interaction="dot"`. Defaults to `None`: every categorical
             and sequence feature.
+        cross_layers: int. Cross layers of `interaction="cross"` (the
+            degree of the crosses is `cross_layers + 1`); only with it.
+            Defaults to `None`: 2.
+        cross_projection_dim: int. Rank of each cross layer's weight
+            (DCN-v2's low-rank `W = U V`, `U` of shape `(d, r)`); only with
+            `interaction="cross"`. Defaults to `None`: a full `(d, d)`
+            weight.
 
     Call arguments:
         inputs: dict of raw tensors keyed by feature name, as made by
@@ -209,6 +248,8 @@ class InputBlock(keras.layers.Layer):
     >>> crossed = keras_mtl.layers.InputBlock(
     ...     specs, interaction="dot",
     ...     interaction_features=["user_id", "item_id", "hist_item_ids"])
+    >>> dcn = keras_mtl.layers.InputBlock(
+    ...     specs, interaction="cross", cross_layers=3, cross_projection_dim=16)
 
     References:
         - [Naumov et al., 2019. Deep Learning Recommendation Model for
@@ -216,6 +257,9 @@ class InputBlock(keras.layers.Layer):
           https://arxiv.org/abs/1906.00091)
         - [Rendle et al., 2020. Neural Collaborative Filtering vs. Matrix
           Factorization Revisited](https://arxiv.org/abs/2005.09683)
+        - [Wang et al., 2021. DCN V2: Improved Deep & Cross Network and
+          Practical Lessons for Web-scale Learning to Rank Systems](
+          https://arxiv.org/abs/2008.13535)
     """
 
     def __init__(
@@ -226,6 +270,8 @@ class InputBlock(keras.layers.Layer):
         learned_fill=False,
         interaction=None,
         interaction_features=None,
+        cross_layers=None,
+        cross_projection_dim=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -258,17 +304,37 @@ class InputBlock(keras.layers.Layer):
         }
         # Embedding tables: one per embedding width.
         self._dims = sorted({f.embed_dim for f in self.categorical})
+        check_interaction_args(
+            interaction,
+            interaction_features,
+            cross_layers,
+            cross_projection_dim,
+        )
         self.interaction = interaction
         self.interaction_features = _check_interaction(
             interaction, interaction_features, self.features
         )
+        self.cross_layers = cross_layers
+        self.cross_projection_dim = cross_projection_dim
         self.dot_interaction = None
+        self.feature_crosses = []
         if self.interaction_features:
             import keras_rs
 
             self.dot_interaction = keras_rs.layers.DotInteraction(
                 dtype=self.dtype_policy, name="dot_interaction"
             )
+        if interaction == "cross":
+            import keras_rs
+
+            self.feature_crosses = [
+                keras_rs.layers.FeatureCross(
+                    projection_dim=cross_projection_dim,
+                    dtype=self.dtype_policy,
+                    name=f"feature_cross_{i}",
+                )
+                for i in range(cross_layers or DEFAULT_CROSS_LAYERS)
+            ]
         self.supports_masking = False
 
     # -- structure ---------------------------------------------------------
@@ -278,13 +344,16 @@ class InputBlock(keras.layers.Layer):
         return make_inputs(self.features)
 
     @property
+    def _plain_dim(self):
+        """Width of the numeric values, indicators and embeddings."""
+        return sum(f.output_dim for f in self.numeric) + sum(
+            f.embed_dim for f in self.categorical
+        )
+
+    @property
     def output_dim(self):
         n = len(self.interaction_features or ())
-        return (
-            sum(f.output_dim for f in self.numeric)
-            + sum(f.embed_dim for f in self.categorical)
-            + n * (n - 1) // 2
-        )
+        return self._plain_dim + n * (n - 1) // 2
 
     def compute_output_shape(self, input_shape):
         batch = next(iter(input_shape.values()))[0]
@@ -383,6 +452,16 @@ class InputBlock(keras.layers.Layer):
                 )
                 self.missing_value.build((None, len(self.numeric)))
                 self.missing_value.fill.assign((fill - mean) / scale)
+        width = self._plain_dim
+        for cross in self.feature_crosses:
+            # FeatureCross makes its Dense layers in `build` and leaves them
+            # to be built by the first call; build them now, so a reloaded
+            # model has every weight before its weights are read.
+            cross.build((None, width))
+            rank = cross.projection_dim
+            if rank is not None:
+                cross.down_proj_dense.build((None, width))
+            cross.dense.build((None, rank or width))
         self.built = True
 
     # -- forward -----------------------------------------------------------
@@ -543,9 +622,11 @@ class InputBlock(keras.layers.Layer):
                         [vectors[name] for name in self.interaction_features]
                     )
                 )
-        if len(parts) == 1:
-            return parts[0]
-        return ops.concatenate(parts, axis=-1)
+        x0 = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+        x = x0
+        for cross in self.feature_crosses:
+            x = cross(x0, x)
+        return x
 
     def get_config(self):
         config = super().get_config()
@@ -561,6 +642,8 @@ class InputBlock(keras.layers.Layer):
                 "learned_fill": self.learned_fill,
                 "interaction": self.interaction,
                 "interaction_features": self.interaction_features,
+                "cross_layers": self.cross_layers,
+                "cross_projection_dim": self.cross_projection_dim,
             }
         )
         return config

@@ -104,15 +104,23 @@ def _inputs_and_embedding(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
 ):
     if _PRECOMPUTED:
-        if interaction is not None or interaction_features is not None:
+        given = {
+            "interaction": interaction,
+            "interaction_features": interaction_features,
+            "cross_layers": cross_layers,
+            "cross_projection_dim": cross_projection_dim,
+        }
+        if any(v is not None for v in given.values()):
+            received = ", ".join(f"{k}={v!r}" for k, v in given.items())
             raise ValueError(
                 "`interaction` is an option of the builder's own "
                 "`InputBlock`; inside `precomputed_input` the builder takes "
                 "the given input vector instead, so it would be ignored. "
-                f"Received: interaction={interaction!r}, "
-                f"interaction_features={interaction_features!r}"
+                f"Received: {received}"
             )
         return _PRECOMPUTED[-1]
     block = InputBlock(
@@ -121,6 +129,8 @@ def _inputs_and_embedding(
         embeddings_regularizer=embeddings_regularizer,
         interaction=interaction,
         interaction_features=interaction_features,
+        cross_layers=cross_layers,
+        cross_projection_dim=cross_projection_dim,
         name="input_block",
     )
     inputs = block.make_inputs()
@@ -226,6 +236,8 @@ def shared_bottom(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     kl_bounds=None,
     name="shared_bottom",
 ):
@@ -274,6 +286,8 @@ def shared_bottom(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     shared = bottom(x)
     outputs = _towers_and_heads(
@@ -293,14 +307,20 @@ _EMBEDDINGS_ARGS = """
             and torch-rechub start their tables at
             `keras.initializers.RandomNormal(0.0, 1e-4)`.
         embeddings_regularizer: optional regularizer of the embedding tables.
-        interaction: `None` or `"dot"`: also feed the model the dot product
-            of every pair of embedded features (DLRM's dot interaction; see
-            `keras_mtl.layers.InputBlock`). A multilayer perceptron on
-            concatenated embeddings represents a user-item dot product
-            poorly. Defaults to `None`.
+        interaction: `None`, `"dot"` or `"cross"`. `"dot"`: also feed the
+            model the dot product of every pair of embedded features (DLRM's
+            dot interaction); a multilayer perceptron on concatenated
+            embeddings represents a user-item dot product poorly.
+            `"cross"`: feed it a DCN-v2 cross network of the input vector
+            instead (same width). See `keras_mtl.layers.InputBlock`.
+            Defaults to `None`.
         interaction_features: list of the categorical or sequence features
             that interact (same `embed_dim`), with `interaction="dot"`.
-            Defaults to `None`: all of them."""
+            Defaults to `None`: all of them.
+        cross_layers: int. Cross layers, with `interaction="cross"`.
+            Defaults to `None`: 2.
+        cross_projection_dim: int. Rank of each cross layer's weight, with
+            `interaction="cross"`. Defaults to `None`: full rank."""
 
 _COMMON_ARGS = (
     """
@@ -349,6 +369,8 @@ def shared_embedding_towers(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     kl_bounds=None,
     name="shared_embedding_towers",
 ):
@@ -376,6 +398,8 @@ def shared_embedding_towers(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     outputs = _towers_and_heads(
         [x] * len(tasks), tasks, tower_units, activation, dropout
@@ -399,6 +423,8 @@ def mmoe(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     kl_bounds=None,
     name="mmoe",
 ):
@@ -453,6 +479,8 @@ def mmoe(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     outputs = _towers_and_heads(
         experts(x),
@@ -503,6 +531,8 @@ def ple(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     kl_bounds=None,
     name="ple",
 ):
@@ -572,6 +602,8 @@ def ple(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     branches = x
     for level in levels:
@@ -668,6 +700,8 @@ def esmm(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="esmm",
 ):
     """Entire Space Multi-task Model: pCTCVR = pCTR * pCVR over impressions.
@@ -688,7 +722,8 @@ def esmm(
         tower_units: list of int. Hidden layers of the CTR and CVR towers.
             Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features: as
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as
             in `shared_bottom`.
         name: str. Model name.
 
@@ -753,6 +788,8 @@ def esmm(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     h_ctr = ctr_tower(x) if ctr_tower else x
     h_cvr = cvr_tower(x) if cvr_tower else x
@@ -776,6 +813,8 @@ def aitm(
     embeddings_regularizer=None,
     interaction=None,
     interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="aitm",
 ):
     """Adaptive Information Transfer Multi-task model over a conversion path.
@@ -794,7 +833,8 @@ def aitm(
         tower_units: list of int. Hidden layers of each tower; the last width
             is the transfer width. Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features: as
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as
             in `shared_bottom`.
         calibrator_weight: float. Weight of the calibrator loss. Defaults to
             `0.6` (the paper's value).
@@ -851,6 +891,8 @@ def aitm(
         embeddings_regularizer,
         interaction,
         interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     outputs = {}
     z_prev = towers[0](x)
@@ -1141,7 +1183,8 @@ def tasks_for(architecture, tasks):
 
 def check_builder_args(architecture, kwargs):
     """Refuses an unknown architecture or builder argument, naming it, and
-    a bad `interaction` / `interaction_features`, `expert_normalization` or
+    a bad interaction argument (`interaction`, `interaction_features`,
+    `cross_layers`, `cross_projection_dim`), `expert_normalization` or
     `tower_normalization` value (the checks that need no feature specs)."""
     if architecture not in BUILDERS:
         raise ValueError(
@@ -1161,7 +1204,10 @@ def check_builder_args(architecture, kwargs):
             f"It takes: {sorted(accepted)}"
         )
     check_interaction_args(
-        kwargs.get("interaction"), kwargs.get("interaction_features")
+        kwargs.get("interaction"),
+        kwargs.get("interaction_features"),
+        kwargs.get("cross_layers"),
+        kwargs.get("cross_projection_dim"),
     )
     _check_expert_normalization(kwargs.get("expert_normalization"))
     _check_normalization(

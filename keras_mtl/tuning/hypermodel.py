@@ -20,9 +20,10 @@ Keys:
   values its architecture uses. `*_units` values are one layer width (`64`)
   or a comma-separated string of widths (`"128,64"`; `"none"` for no
   layer).
-- `interaction` (`"none"` or `"dot"`: dot products of the embedded
-  features), `expert_normalization` and `tower_normalization` (`"none"`,
-  `"batch"` or `"layer"`): the builders' arguments of those names, with
+- `interaction` (`"none"`, `"dot"`: dot products of the embedded
+  features, or `"cross"`: a DCN-v2 cross network of the input vector),
+  `expert_normalization` and `tower_normalization` (`"none"`, `"batch"`
+  or `"layer"`): the builders' arguments of those names, with
   `"none"` standing for `None`, which KerasTuner's `Choice` cannot hold.
   Declared like any builder argument.
 - `learning_rate`: Adam's learning rate.
@@ -92,7 +93,7 @@ _INT_KEYS = ("num_experts", "num_task_experts", "num_shared_experts")
 # Builder arguments whose `None` the search space spells "none" (KerasTuner's
 # `Choice` cannot hold `None`), with their other values.
 _NONE_SPELLED = {
-    "interaction": ("dot",),
+    "interaction": ("dot", "cross"),
     "expert_normalization": ("batch", "layer"),
     "tower_normalization": ("batch", "layer"),
 }
@@ -407,6 +408,17 @@ def check_search_space(search_space=None):
                 f"Unknown `search_space` key '{key}': no searched "
                 f"architecture ({archs}) takes it"
                 + (f"; it applies to {takers}." if takers else ".")
+            )
+    for key in ("cross_layers", "cross_projection_dim"):
+        interaction = space.get("interaction")
+        if key in space and (
+            interaction is None or spec_values(interaction) != ["cross"]
+        ):
+            raise ValueError(
+                f"`search_space.{key}` needs `interaction` fixed to "
+                "'cross' (the builders refuse it with any other "
+                "interaction). Received: interaction="
+                f"{spec_values(interaction) if interaction else None!r}"
             )
     if all(spec["type"] == "fixed" for spec in space.values()):
         raise ValueError(

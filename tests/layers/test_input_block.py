@@ -215,7 +215,10 @@ def test_dot_interaction_pools_sequences_before_crossing():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(interaction="cross"), r'None or "dot"\. Received: '),
+        (
+            dict(interaction="wide"),
+            r'None, "dot" or "cross"\. Received: interaction=\'wide\'',
+        ),
         (
             dict(interaction_features=["device", "slot"]),
             r'needs `interaction="dot"`',
@@ -241,6 +244,26 @@ def test_dot_interaction_pools_sequences_before_crossing():
             dict(interaction="dot", interaction_features=["slot", "slot"]),
             "twice",
         ),
+        (
+            dict(interaction="cross", interaction_features=["device", "slot"]),
+            r"`interaction_features` needs `interaction=\"dot\"`.*'cross'",
+        ),
+        (
+            dict(cross_layers=3),
+            r'`cross_layers` needs `interaction="cross"`.*interaction=None',
+        ),
+        (
+            dict(interaction="dot", cross_projection_dim=4),
+            r"`cross_projection_dim` needs `interaction=\"cross\"`",
+        ),
+        (
+            dict(interaction="cross", cross_layers=0),
+            r"`cross_layers` must be None or a positive integer.*=0",
+        ),
+        (
+            dict(interaction="cross", cross_projection_dim=True),
+            r"`cross_projection_dim` must be None or a positive.*=True",
+        ),
     ],
     ids=[
         "kind",
@@ -251,9 +274,14 @@ def test_dot_interaction_pools_sequences_before_crossing():
         "unknown",
         "string",
         "twice",
+        "features_with_cross",
+        "cross_layers_without_cross",
+        "projection_with_dot",
+        "zero_cross_layers",
+        "bool_projection",
     ],
 )
-def test_dot_interaction_invalid_arguments(kwargs, message):
+def test_interaction_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InputBlock(SPECS, **kwargs)
 
@@ -310,3 +338,116 @@ def test_dot_interaction_exact_on_every_backend():
         axis=1,
     )
     np.testing.assert_allclose(out[:, 9:], expected, rtol=1e-5, atol=1e-9)
+
+
+def _same_embeddings(block, reference):
+    """Gives `block` the embedding tables of `reference` (same features)."""
+    block.build()
+    reference.build()
+    for dim, table in reference.tables.items():
+        block.tables[dim].embeddings.assign(table.embeddings)
+
+
+def _randomize_crosses(block, seed=0):
+    """Random kernels and biases in every cross layer (not the initial
+    zero biases), so the exact check covers them."""
+    rng = np.random.default_rng(seed)
+    for cross in block.feature_crosses:
+        for w in cross.weights:
+            w.assign(0.3 * rng.normal(size=tuple(w.shape)).astype("float32"))
+
+
+def _cross_reference(x0, block):
+    """DCN-v2 in NumPy: x_{l+1} = x0 * (V (U x_l) + b) + x_l."""
+    x = x0
+    for cross in block.feature_crosses:
+        h = x
+        if cross.projection_dim is not None:
+            h = h @ keras.ops.convert_to_numpy(cross.down_proj_dense.kernel)
+        h = h @ keras.ops.convert_to_numpy(cross.dense.kernel)
+        h = h + keras.ops.convert_to_numpy(cross.dense.bias)
+        x = x0 * h + x
+    return x
+
+
+@pytest.mark.parametrize(
+    "cross_layers, cross_projection_dim, shapes",
+    [
+        (None, None, [(31, 31), (31,)] * 2),
+        (3, 5, [(31, 5), (5, 31), (31,)] * 3),
+    ],
+    ids=["default_full_rank", "three_low_rank"],
+)
+def test_cross_interaction_exact(cross_layers, cross_projection_dim, shapes):
+    plain = InputBlock(SPECS)
+    crossed = InputBlock(
+        SPECS,
+        interaction="cross",
+        cross_layers=cross_layers,
+        cross_projection_dim=cross_projection_dim,
+    )
+    _same_embeddings(crossed, plain)
+    # Built with the block: every weight exists before the first call.
+    assert [
+        tuple(w.shape) for c in crossed.feature_crosses for w in c.weights
+    ] == shapes
+    _randomize_crosses(crossed)
+    batch = raw_batch()
+    x0 = keras.ops.convert_to_numpy(plain(batch))
+    out = keras.ops.convert_to_numpy(crossed(batch))
+    # Same width as the plain output: the cross network replaces it.
+    assert crossed.output_dim == 31 and out.shape == (3, 31)
+    expected = _cross_reference(x0, crossed)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # The crosses change the vector: a real signal, not the identity.
+    assert np.abs(expected - x0).max() > 1e-2
+
+
+def test_cross_interaction_config_round_trip_and_save_load(tmp_path):
+    inputs = make_inputs(SPECS)
+    block = InputBlock(
+        SPECS,
+        interaction="cross",
+        cross_layers=1,
+        cross_projection_dim=4,
+        name="input_block",
+    )
+    x = block(inputs)
+    assert tuple(x.shape) == (None, 31)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    _randomize_crosses(block)
+    config = block.get_config()
+    assert (config["interaction"], config["cross_layers"]) == ("cross", 1)
+    assert config["cross_projection_dim"] == 4
+    revived = InputBlock.from_config(config)
+    assert [c.projection_dim for c in revived.feature_crosses] == [4]
+    batch = raw_batch()
+    before = model.predict(batch, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+
+
+@pytest.mark.backend
+def test_cross_interaction_exact_on_every_backend():
+    # Integer ids and numbers only (no string lookup), so it runs on torch.
+    specs = [
+        F.NumericFeature("price", mean=2.0, variance=4.0),
+        F.CategoricalFeature("user", vocab_size=5, embed_dim=3),
+        F.SequenceFeature("hist", vocab_size=7, embed_dim=3, max_len=2),
+    ]
+    plain = InputBlock(specs)
+    crossed = InputBlock(specs, interaction="cross", cross_projection_dim=2)
+    _same_embeddings(crossed, plain)
+    _randomize_crosses(crossed, seed=3)
+    batch = {
+        "price": np.array([2.0, np.nan, 6.0], "float32"),
+        "user": np.array([0, 4, -1], "int64"),
+        "hist": np.array([[1, 2], [-1, -1], [5, -1]], "int64"),
+    }
+    x0 = keras.ops.convert_to_numpy(plain(batch))
+    out = keras.ops.convert_to_numpy(crossed(batch))
+    assert out.shape == x0.shape == (3, 2 + 3 + 3)
+    np.testing.assert_allclose(
+        out, _cross_reference(x0, crossed), rtol=1e-5, atol=1e-5
+    )
