@@ -286,6 +286,15 @@ def test_interaction_invalid_arguments(kwargs, message):
         InputBlock(SPECS, **kwargs)
 
 
+def _assert_reloads_identically(model, tmp_path):
+    """Saved as `.keras`, reloaded in safe mode: the same predictions."""
+    batch = raw_batch()
+    before = model.predict(batch, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+
+
 def test_dot_interaction_config_round_trip_and_save_load(tmp_path):
     inputs = make_inputs(SPECS)
     block = InputBlock(
@@ -301,11 +310,7 @@ def test_dot_interaction_config_round_trip_and_save_load(tmp_path):
     assert config["interaction"] == "dot"
     assert config["interaction_features"] == ["item", "hist"]
     assert InputBlock.from_config(config).output_dim == 32
-    batch = raw_batch()
-    before = model.predict(batch, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+    _assert_reloads_identically(model, tmp_path)
 
 
 @pytest.mark.backend
@@ -421,11 +426,7 @@ def test_cross_interaction_config_round_trip_and_save_load(tmp_path):
     assert config["cross_projection_dim"] == 4
     revived = InputBlock.from_config(config)
     assert [c.projection_dim for c in revived.feature_crosses] == [4]
-    batch = raw_batch()
-    before = model.predict(batch, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict(batch, verbose=0), before)
+    _assert_reloads_identically(model, tmp_path)
 
 
 @pytest.mark.backend

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from expert_weights import randomize
+from expert_weights import set_nontrivial_norm_weights
 
 from keras_mtl.layers import MLP
 from keras_mtl.layers import MMoELayer
@@ -130,6 +132,15 @@ def test_matches_per_expert_reference():
         np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
 
 
+def _assert_matches_reference(layer, x, outputs, gates, training=False):
+    """Gates and (non-zero) outputs equal the NumPy reference's."""
+    expected_outputs, expected_gates = _reference(layer, x, training)
+    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
+    for out, expected in zip(outputs, expected_outputs):
+        assert np.any(expected != 0.0)
+        np.testing.assert_allclose(_np(out), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 def test_batch_norm_matches_per_expert_reference(training):
     layer = MMoELayer(
@@ -137,11 +148,7 @@ def test_batch_norm_matches_per_expert_reference(training):
     )
     x = _x(batch=16)
     outputs, gates = layer(x, training=training)
-    expected_outputs, expected_gates = _reference(layer, x, training)
-    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
-    for out, expected in zip(outputs, expected_outputs):
-        assert np.any(expected != 0.0)
-        np.testing.assert_allclose(_np(out), expected, rtol=1e-4, atol=1e-5)
+    _assert_matches_reference(layer, x, outputs, gates, training)
 
 
 def test_batch_norm_replaces_expert_biases():
@@ -178,13 +185,6 @@ def test_one_expert_with_batch_norm_equals_batch_norm_mlp(training):
         np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
 
 
-def _randomize(weights, seed=1):
-    """Assigns distinct random values, so per-expert weights are tested."""
-    rng = np.random.default_rng(seed)
-    for w in weights:
-        w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 def test_layer_norm_matches_per_expert_reference(training):
     layer = MMoELayer(
@@ -192,17 +192,13 @@ def test_layer_norm_matches_per_expert_reference(training):
     )
     x = _x(batch=8)
     layer(x)
-    _randomize(
+    randomize(
         layer.expert_biases
         + [n.gamma for n in layer.expert_norms]
         + [n.beta for n in layer.expert_norms]
     )
     outputs, gates = layer(x, training=training)
-    expected_outputs, expected_gates = _reference(layer, x)
-    np.testing.assert_allclose(_np(gates), expected_gates, rtol=1e-5)
-    for out, expected in zip(outputs, expected_outputs):
-        assert np.any(expected != 0.0)
-        np.testing.assert_allclose(_np(out), expected, rtol=1e-4, atol=1e-5)
+    _assert_matches_reference(layer, x, outputs, gates)
 
 
 def test_layer_norm_keeps_biases_and_scales_per_expert():
@@ -244,7 +240,7 @@ def test_one_expert_with_layer_norm_equals_layer_norm_mlp():
     x = _x(batch=8)
     mmoe(x)
     bottom(x)
-    _randomize(mmoe.expert_biases)
+    randomize(mmoe.expert_biases)
     for i, dense in enumerate(bottom.dense_layers):
         dense.kernel.assign(mmoe.expert_kernels[i][0])
         dense.bias.assign(mmoe.expert_biases[i][0])
@@ -456,15 +452,9 @@ def test_keras_save_and_load(tmp_path, expert_normalization):
         3, [4], 2, expert_normalization=expert_normalization, name="mmoe"
     )(inputs)
     model = keras.Model(inputs, {"a": task_a, "b": task_b})
-    norms = model.get_layer("mmoe").expert_norms
-    if expert_normalization == "batch":
-        # Non-trivial moving statistics, so that saving them is tested.
-        for norm in norms:
-            norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
-            norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
-    if expert_normalization == "layer":
-        # Per-expert scales and offsets other than their initial values.
-        _randomize([n.gamma for n in norms] + [n.beta for n in norms])
+    set_nontrivial_norm_weights(
+        model.get_layer("mmoe").expert_norms, expert_normalization
+    )
     path = tmp_path / "mmoe.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from expert_weights import randomize
+from expert_weights import set_nontrivial_norm_weights
 
 from keras_mtl.layers import PLELevel
 
@@ -31,6 +33,15 @@ def _branches(batch=4, dim=5):
 
 def _np(x):
     return keras.ops.convert_to_numpy(x)
+
+
+# The three places a level can stand: first (one input), middle (task and
+# shared branches in, shared branch out) and last (no shared branch out).
+LEVELS = pytest.mark.parametrize(
+    "is_last, list_inputs",
+    [(False, False), (False, True), (True, True)],
+    ids=["first_level", "middle_level", "last_level"],
+)
 
 
 def _level(**kwargs):
@@ -149,11 +160,7 @@ def test_config_round_trip():
     assert revived.get_config() == config
 
 
-@pytest.mark.parametrize(
-    "is_last, list_inputs",
-    [(False, False), (False, True), (True, True)],
-    ids=["first_level", "middle_level", "last_level"],
-)
+@LEVELS
 def test_symbolic_and_eager_call(is_last, list_inputs):
     layer = _level(is_last=is_last)
     num_outputs = NUM_TASKS if is_last else NUM_TASKS + 1
@@ -173,11 +180,7 @@ def test_symbolic_and_eager_call(is_last, list_inputs):
     )
 
 
-@pytest.mark.parametrize(
-    "is_last, list_inputs",
-    [(False, False), (False, True), (True, True)],
-    ids=["first_level", "middle_level", "last_level"],
-)
+@LEVELS
 def test_matches_per_expert_reference(is_last, list_inputs):
     layer = _level(is_last=is_last)
     inputs = _branches() if list_inputs else _x()
@@ -188,11 +191,7 @@ def test_matches_per_expert_reference(is_last, list_inputs):
         np.testing.assert_allclose(_np(out), exp, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "is_last, list_inputs",
-    [(False, False), (False, True), (True, True)],
-    ids=["first_level", "middle_level", "last_level"],
-)
+@LEVELS
 def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
     layer = _level(is_last=is_last, expert_normalization="batch")
     inputs = _branches(batch=16) if list_inputs else _x(batch=16)
@@ -204,24 +203,13 @@ def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
         np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
 
 
-def _randomize(weights, seed=1):
-    """Assigns distinct random values, so per-expert weights are tested."""
-    rng = np.random.default_rng(seed)
-    for w in weights:
-        w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
-
-
-@pytest.mark.parametrize(
-    "is_last, list_inputs",
-    [(False, False), (False, True), (True, True)],
-    ids=["first_level", "middle_level", "last_level"],
-)
+@LEVELS
 def test_layer_norm_matches_per_expert_reference(is_last, list_inputs):
     layer = _level(is_last=is_last, expert_normalization="layer")
     inputs = _branches(batch=8) if list_inputs else _x(batch=8)
     layer(inputs)
     norms = layer.task_expert_norms + layer.shared_expert_norms
-    _randomize(
+    randomize(
         layer.task_expert_biases
         + layer.shared_expert_biases
         + [n.gamma for n in norms]
@@ -436,15 +424,9 @@ def test_keras_save_and_load(tmp_path, expert_normalization):
         branches
     )
     model = keras.Model(inputs, towers)
-    norms = model.get_layer("level_2").shared_expert_norms
-    if expert_normalization == "batch":
-        # Non-trivial moving statistics, so that saving them is tested.
-        for norm in norms:
-            norm.moving_mean.assign(np.full(norm.moving_mean.shape, 0.5))
-            norm.moving_variance.assign(np.full(norm.moving_mean.shape, 4.0))
-    if expert_normalization == "layer":
-        # Per-expert scales and offsets other than their initial values.
-        _randomize([n.gamma for n in norms] + [n.beta for n in norms])
+    set_nontrivial_norm_weights(
+        model.get_layer("level_2").shared_expert_norms, expert_normalization
+    )
     path = tmp_path / "ple.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
