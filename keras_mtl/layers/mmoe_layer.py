@@ -134,8 +134,7 @@ class MMoELayer(keras.layers.Layer):
 
     Every expert is an MLP (`expert_units` levels of Dense + optional batch
     or layer normalization + activation + dropout) applied to the same
-    input. All
-    experts of a level live in one stacked kernel of shape
+    input. All experts of a level live in one stacked kernel of shape
     `(num_experts, d_in, units)` applied with `ops.einsum`. Task `k` gets a
     softmax gate `g_k(x) = softmax(x W_k + b_k)` over the experts and its
     output is `sum_i g_k(x)_i * expert_i(x)`. With `single_gate=True` every
@@ -151,10 +150,10 @@ class MMoELayer(keras.layers.Layer):
         expert_dropout: float. Dropout rate in `[0, 1)` after every expert
             level during training. Defaults to `0.0`.
         expert_normalization: `None`, `"batch"` or `"layer"`. With
-            `"batch"`, every
-            expert level is `Dense -> BatchNormalization -> activation`,
-            with statistics, scale and offset per expert and unit (the
-            stacked `(batch, num_experts, units)` tensor is normalized as
+            `"batch"`, every expert level is
+            `Dense -> BatchNormalization -> activation`, with statistics,
+            scale and offset per expert and unit (the stacked
+            `(batch, num_experts, units)` tensor is normalized as
             `(batch, num_experts * units)`), and the expert kernels have no
             bias (the offset replaces it). This is how torch-rechub builds
             its experts. It speeds up training (UCI Adult: 16 epochs
@@ -168,8 +167,8 @@ class MMoELayer(keras.layers.Layer):
             are normalized per example (epsilon 1e-3), with scale and
             offset per expert and unit, and the biases stay (as in
             `MLP(normalization="layer")`). It has no moving statistics, so
-            it behaves the same in training and serving and at any batch
-            size. Defaults to `None`.
+            it computes the same function in training and serving, whatever
+            the batch size. Defaults to `None`.
         single_gate: bool. If `True`, one gate is shared by every task
             (OMoE). Defaults to `False`.
         return_gates: bool. If `True`, the call also returns the gate
