@@ -1363,6 +1363,11 @@ def render_quality(meta, records, results_path):
     interactions = {r.get("interaction") for r in funnel}
     interaction = interactions.pop() if len(interactions) == 1 else "mixed"
     crossed = f", interaction={interaction!r}" if interaction else ""
+    takes = {
+        "dot": "the pairwise dot products of their embedded features as "
+        "extra inputs",
+        "cross": "a DCN-v2 cross network of their input vector",
+    }.get(interaction, "interaction settings that differ between runs")
     add("### Synthetic funnel: ESMM vs a CVR model trained on clicks only")
     add("")
     add(
@@ -1381,8 +1386,7 @@ def render_quality(meta, records, results_path):
         f"{FUNNEL_EMBEDDING_L2:g} on their embedding tables "
         "(`embeddings_regularizer=keras.regularizers.L2(...)`)"
         + (
-            " and take the pairwise dot products of their embedded features "
-            f"as extra inputs (`interaction={interaction!r}`)"
+            f" and take {takes} (`interaction={interaction!r}`)"
             if interaction
             else ""
         )
