@@ -229,52 +229,61 @@ def test_version_dir_is_self_contained(tmp_path):
     _assert_serves_like_keras(moved, model)
 
 
-def test_dot_interaction_serves_like_keras(tmp_path):
-    # The Session loader the C++ server uses runs keras-rs' DotInteraction
-    # inside the InputBlock and gives Keras' predictions.
+def _categoricals(specs):
+    return sum(isinstance(s, CategoricalFeature) for s in specs)
+
+
+@pytest.mark.parametrize(
+    "architecture, kwargs, check",
+    [
+        (
+            "shared_bottom",
+            dict(bottom_units=[4], tower_units=[], interaction="dot"),
+            # Every embedded feature of the fixture has embed_dim 4: all
+            # cross, through keras-rs' DotInteraction.
+            lambda m: (
+                len(m.get_layer("input_block").interaction_features)
+                == _categoricals(SPECS)
+            ),
+        ),
+        (
+            "mmoe",
+            dict(
+                num_experts=2,
+                expert_units=[8],
+                tower_units=[4],
+                interaction="cross",
+                cross_projection_dim=4,
+            ),
+            # keras-rs' FeatureCross layers inside the InputBlock.
+            lambda m: len(m.get_layer("input_block").feature_crosses) == 2,
+        ),
+        *(
+            (
+                architecture,
+                dict(
+                    expert_units=[8],
+                    tower_units=[4],
+                    expert_normalization="layer",
+                    tower_normalization="layer",
+                ),
+                # Per-expert layer norm and the towers' LayerNormalization.
+                lambda m: any(
+                    getattr(layer, "expert_normalization", None) == "layer"
+                    for layer in m.layers
+                ),
+            )
+            for architecture in ("mmoe", "ple")
+        ),
+    ],
+    ids=["dot", "cross", "layer_norm_mmoe", "layer_norm_ple"],
+)
+def test_model_options_serve_like_keras(tmp_path, architecture, kwargs, check):
+    # The Session loader the C++ server uses runs these layers in the
+    # served graph and gives Keras' predictions.
     keras.utils.set_random_seed(2)
-    model = models.shared_bottom(
-        SPECS, TASKS, bottom_units=[4], tower_units=[], interaction="dot"
-    )
-    # Every embedded feature of the fixture has embed_dim 4: all cross.
-    crossed = model.get_layer("input_block").interaction_features
-    assert len(crossed) == sum(isinstance(s, CategoricalFeature) for s in SPECS)
-    path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
-    _assert_serves_like_keras(path, model)
-
-
-def test_cross_interaction_serves_like_keras(tmp_path):
-    # keras-rs' FeatureCross layers inside the InputBlock run in the served
-    # graph and give Keras' predictions.
-    keras.utils.set_random_seed(4)
-    model = models.mmoe(
-        SPECS,
-        TASKS,
-        num_experts=2,
-        expert_units=[8],
-        tower_units=[4],
-        interaction="cross",
-        cross_projection_dim=4,
-    )
-    assert len(model.get_layer("input_block").feature_crosses) == 2
-    path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
-    _assert_serves_like_keras(path, model)
-
-
-@pytest.mark.parametrize("architecture", ["mmoe", "ple"])
-def test_layer_normalized_experts_serve_like_keras(tmp_path, architecture):
-    # The per-expert layer norm (and the towers' Keras LayerNormalization)
-    # run inside the served graph and give Keras' predictions.
-    keras.utils.set_random_seed(3)
-    model = models.build(
-        architecture,
-        SPECS,
-        TASKS,
-        expert_units=[8],
-        tower_units=[4],
-        expert_normalization="layer",
-        tower_normalization="layer",
-    )
+    model = models.build(architecture, SPECS, TASKS, **kwargs)
+    assert check(model)
     path = export_lib.export_for_serving(model, tmp_path / "a", warmup=False)
     _assert_serves_like_keras(path, model)
 
