@@ -186,7 +186,11 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         ),
         (
             {"model": {"architecture": "ple", "expert_normalization": "group"}},
-            r"`expert_normalization` must be None, 'batch' or 'layer'",
+            r"`expert_normalization` must be one of 'layer', 'batch', None",
+        ),
+        (
+            {"model": {"architecture": "cgc", "gate_normalization": "soft"}},
+            r"`gate_normalization` must be one of 'layer', 'batch', None",
         ),
         (
             {"model": {"architecture": "mmoe", "tower_normalization": "l2"}},
@@ -209,6 +213,7 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         "interaction_features_without_dot",
         "interaction_features_string",
         "expert_normalization",
+        "gate_normalization",
         "tower_normalization",
         "task_space",
     ],

@@ -275,8 +275,26 @@ def _categoricals(specs):
             )
             for architecture in ("mmoe", "ple")
         ),
+        (
+            "mmoe",
+            dict(expert_units=[8], tower_units=[4], gate_normalization="batch"),
+            # Batch-normalized gates, served with their moving statistics.
+            lambda m: m.get_layer("mmoe").gate_normalization == "batch",
+        ),
+        (
+            "ple",
+            dict(expert_units=[8], tower_units=[4], gate_normalization="layer"),
+            lambda m: m.get_layer("ple_level_0").gate_normalization == "layer",
+        ),
     ],
-    ids=["dot", "cross", "layer_norm_mmoe", "layer_norm_ple"],
+    ids=[
+        "dot",
+        "cross",
+        "layer_norm_mmoe",
+        "layer_norm_ple",
+        "gate_batch_norm_mmoe",
+        "gate_layer_norm_ple",
+    ],
 )
 def test_model_options_serve_like_keras(tmp_path, architecture, kwargs, check):
     # The Session loader the C++ server uses runs these layers in the

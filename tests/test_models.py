@@ -333,6 +333,7 @@ def test_precomputed_input_refuses_interaction(kwargs):
         ("omoe", dict(single_gate=False), "single_gate"),
         ("mmoe", dict(tower_normalization="group"), "tower_normalization"),
         ("ple", dict(expert_normalization="group"), "expert_normalization"),
+        ("omoe", dict(gate_normalization="group"), "gate_normalization"),
         (
             "shared_bottom",
             dict(embeddings_initializer="nope"),
@@ -350,6 +351,7 @@ def test_precomputed_input_refuses_interaction(kwargs):
         "omoe_gate",
         "tower_normalization",
         "expert_normalization",
+        "gate_normalization",
         "embeddings_initializer",
         "embeddings_regularizer",
     ],
@@ -357,6 +359,28 @@ def test_precomputed_input_refuses_interaction(kwargs):
 def test_invalid_builder_arguments(architecture, kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.build(architecture, SPECS, TASKS, **kwargs)
+
+
+def _expert_layers(model):
+    """The model's `MMoELayer` / `PLELevel`s (at least one)."""
+    layers = [
+        layer
+        for layer in model.layers
+        if layer.name == "mmoe" or layer.name.startswith("ple_level")
+    ]
+    assert layers
+    return layers
+
+
+def _fit_and_assert_reloads(model, tmp_path):
+    """One epoch of fit with finite losses, then a `.keras` round trip."""
+    x, y, sw = _arrays(TASKS, n=64)
+    models.compile_model(model, TASKS)
+    history = model.fit(x, y, sample_weight=sw, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    _assert_reloads_identically(
+        model, TASKS, [t.name for t in TASKS], tmp_path / "model.keras"
+    )
 
 
 @pytest.mark.parametrize("architecture", ["mmoe", "omoe", "ple", "cgc"])
@@ -384,17 +408,30 @@ def test_moe_builders_normalize_towers_and_experts(
         assert [type(n) for n in tower.norm_layers] == (
             [expected] if expected else []
         )
-    sharing = [
-        layer
-        for layer in model.layers
-        if layer.name == "mmoe" or layer.name.startswith("ple_level")
-    ]
-    assert sharing
+    sharing = _expert_layers(model)
     assert all(layer.expert_normalization == "batch" for layer in sharing)
     x, y, sw = _arrays(TASKS, n=64)
     models.compile_model(model, TASKS)
     history = model.fit(x, y, sample_weight=sw, batch_size=32, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "omoe", "ple", "cgc"])
+@pytest.mark.parametrize("gate_normalization", ["batch", "layer"])
+def test_moe_builders_normalize_gates(
+    architecture, gate_normalization, tmp_path
+):
+    model = models.build(
+        architecture,
+        SPECS,
+        TASKS,
+        gate_normalization=gate_normalization,
+        **BUILD_CASES[architecture],
+    )
+    sharing = _expert_layers(model)
+    assert all(s.gate_normalization == gate_normalization for s in sharing)
+    # Batch-normalized gates reload with their moving statistics.
+    _fit_and_assert_reloads(model, tmp_path)
 
 
 def test_esmm_and_aitm_refuse_wrong_tasks():
@@ -416,21 +453,10 @@ def test_moe_builders_layer_normalize_experts(architecture, tmp_path):
         tower_normalization="layer",
         **BUILD_CASES[architecture],
     )
-    sharing = [
-        layer
-        for layer in model.layers
-        if layer.name == "mmoe" or layer.name.startswith("ple_level")
-    ]
-    assert sharing
+    sharing = _expert_layers(model)
     for layer in sharing:
         assert layer.expert_normalization == "layer"
         # Layer norm has no moving statistics to drift between train and
         # serve: the experts hold trainable weights only.
         assert layer.non_trainable_weights == []
-    x, y, sw = _arrays(TASKS, n=64)
-    models.compile_model(model, TASKS)
-    history = model.fit(x, y, sample_weight=sw, batch_size=32, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    _assert_reloads_identically(
-        model, TASKS, [t.name for t in TASKS], tmp_path / "model.keras"
-    )
+    _fit_and_assert_reloads(model, tmp_path)

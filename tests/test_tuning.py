@@ -186,27 +186,39 @@ def test_normalizations_are_searched_with_none(funnel):
         search_space={
             "architecture": ["mmoe", "ple", "shared_bottom"],
             "expert_normalization": ["none", "batch", "layer"],
+            "gate_normalization": ["none", "batch"],
             "tower_normalization": ["none", "layer"],
         },
     )
     hp = keras_tuner.HyperParameters()
     _, kwargs, *_ = hypermodel.declare(hp)
-    assert kwargs == {"expert_normalization": None, "tower_normalization": None}
+    assert kwargs == {
+        "expert_normalization": None,
+        "gate_normalization": None,
+        "tower_normalization": None,
+    }
     space = {p.name: p for p in hp.space}
     # Only the mixture-of-experts builders take them.
-    for key in ("expert_normalization", "tower_normalization"):
+    for key in (
+        "expert_normalization",
+        "gate_normalization",
+        "tower_normalization",
+    ):
         assert sorted(space[key].conditions[0].values) == ["mmoe", "ple"]
     hp = keras_tuner.HyperParameters()
     hp.Fixed("architecture", "ple")
     hp.Fixed("expert_normalization", "layer")
+    hp.Fixed("gate_normalization", "batch")
     hp.Fixed("tower_normalization", "layer")
     _, kwargs, *_ = hypermodel.declare(hp)
     assert kwargs == {
         "expert_normalization": "layer",
+        "gate_normalization": "batch",
         "tower_normalization": "layer",
     }
     model = hypermodel.build(hp).model
     assert model.get_layer("ple_level_1").expert_normalization == "layer"
+    assert model.get_layer("ple_level_1").gate_normalization == "batch"
     tower = model.get_layer(f"tower_{tasks[0].name}")
     assert [type(n) for n in tower.norm_layers] == [
         keras.layers.LayerNormalization

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_mtl.layers.mlp import _NORMALIZATIONS
 from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.layers.mlp import _is_positive_int
 from keras_mtl.layers.mlp import _is_rate
@@ -49,24 +50,27 @@ def _check_expert_units(expert_units):
         )
 
 
-_EXPERT_NORMALIZATIONS = (None, "batch", "layer")
-
-
-def _check_expert_normalization(expert_normalization):
-    if expert_normalization not in _EXPERT_NORMALIZATIONS:
+def _check_normalization(name, value):
+    """Raises unless `value` (the argument `name`) is a normalization kind."""
+    if value not in _NORMALIZATIONS:
         raise ValueError(
-            "`expert_normalization` must be None, 'batch' or 'layer'. "
-            f"Received: expert_normalization={expert_normalization!r}"
+            f"`{name}` must be None, 'batch' or 'layer'. "
+            f"Received: {name}={value!r}"
         )
 
 
-class _StackedLayerNormalization(keras.layers.Layer):
-    """Layer normalization of every expert in a `(batch, *stack)` tensor.
+def _check_expert_normalization(expert_normalization):
+    _check_normalization("expert_normalization", expert_normalization)
 
-    Each expert's units (the last axis) are normalized with
-    `keras.layers.LayerNormalization` (epsilon 1e-3), then scaled and offset
-    with a weight of shape `stack`: one scale and one offset per expert and
-    unit, as if every expert were an MLP with its own layer normalization.
+
+class _StackedLayerNormalization(keras.layers.Layer):
+    """Layer normalization of every row of a `(batch, *stack)` tensor.
+
+    The last axis (an expert's units, or a gate's logits over its experts)
+    is normalized with `keras.layers.LayerNormalization` (epsilon 1e-3),
+    then scaled and offset with a weight of shape `stack`: one scale and one
+    offset per element, as if every expert (gate) were an MLP with its own
+    layer normalization.
     """
 
     def __init__(self, stack, **kwargs):
@@ -90,28 +94,30 @@ class _StackedLayerNormalization(keras.layers.Layer):
         return self.norm(inputs) * self.gamma + self.beta
 
 
-def _expert_norm(layer, kind, prefix, level, shape):
-    """A built normalization layer for a stack of experts, or `None`.
+def _stack_norm(layer, kind, prefix, level, shape):
+    """A built normalization layer for a stack of experts or gates, or `None`.
 
-    `shape` is the stacked expert output without the batch axis, e.g.
-    `(num_experts, units)`; the layer is named `{prefix}_batch_norm_{level}`
-    or `{prefix}_layer_norm_{level}`.
+    `shape` is the stacked output without the batch axis, e.g.
+    `(num_experts, units)` or `(num_gates, num_experts)`; the layer is named
+    `{prefix}_batch_norm{suffix}` or `{prefix}_layer_norm{suffix}`, the
+    suffix `_{level}` unless `level` is `None`.
 
     - `kind="batch"`: a `BatchNormalization` over the flattened stack, i.e.
-      statistics, scale and offset per expert and unit (the expert kernels
-      then have no bias).
-    - `kind="layer"`: every expert's units are normalized per example
-      (`_StackedLayerNormalization`); the expert biases stay, as in
+      statistics, scale and offset per element (the kernels it follows then
+      have no bias).
+    - `kind="layer"`: the last axis is normalized per example
+      (`_StackedLayerNormalization`); the biases stay, as in
       `MLP(normalization="layer")`.
     """
+    suffix = "" if level is None else f"_{level}"
     if kind == "batch":
         norm = keras.layers.BatchNormalization(
-            dtype=layer.dtype_policy, name=f"{prefix}_batch_norm_{level}"
+            dtype=layer.dtype_policy, name=f"{prefix}_batch_norm{suffix}"
         )
         norm.build((None, math.prod(shape)))
     elif kind == "layer":
         norm = _StackedLayerNormalization(
-            shape, dtype=layer.dtype_policy, name=f"{prefix}_layer_norm_{level}"
+            shape, dtype=layer.dtype_policy, name=f"{prefix}_layer_norm{suffix}"
         )
         norm.build((None, *shape))
     else:
@@ -119,8 +125,8 @@ def _expert_norm(layer, kind, prefix, level, shape):
     return norm
 
 
-def _apply_expert_norm(norm, x, training):
-    """Applies `_expert_norm`'s layer to `(batch, *stack)` experts."""
+def _apply_stack_norm(norm, x, training):
+    """Applies `_stack_norm`'s layer to a `(batch, *stack)` tensor."""
     if isinstance(norm, _StackedLayerNormalization):
         return norm(x)
     stack = tuple(x.shape[1:])
@@ -169,6 +175,16 @@ class MMoELayer(keras.layers.Layer):
             `MLP(normalization="layer")`). It has no moving statistics, so
             it computes the same function in training and serving, whatever
             the batch size. Defaults to `None`.
+        gate_normalization: `None`, `"batch"` or `"layer"`. Normalizes the
+            gate logits before the softmax. With `"batch"`, every gate is
+            `Dense -> BatchNormalization -> softmax`, with statistics, scale
+            and offset per gate and expert, and no gate bias (the offset
+            replaces it); this is torch-rechub's gate. With `"layer"`, each
+            gate's logits are normalized over its experts per example
+            (epsilon 1e-3), then scaled and offset per gate and expert; the
+            bias stays. Either way the softmax sees logits of a learned
+            scale from the first step, where plain gates start near uniform.
+            Defaults to `None`.
         single_gate: bool. If `True`, one gate is shared by every task
             (OMoE). Defaults to `False`.
         return_gates: bool. If `True`, the call also returns the gate
@@ -184,8 +200,8 @@ class MMoELayer(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch, d)`.
-        training: bool. Whether expert dropout and batch normalization run
-            in training mode.
+        training: bool. Whether expert dropout and batch normalization
+            (of experts or gates) run in training mode.
 
     Returns:
         A list of `num_tasks` tensors of shape `(batch, expert_units[-1])`.
@@ -216,6 +232,7 @@ class MMoELayer(keras.layers.Layer):
         expert_activation="relu",
         expert_dropout=0.0,
         expert_normalization=None,
+        gate_normalization=None,
         single_gate=False,
         return_gates=False,
         kernel_initializer="glorot_uniform",
@@ -240,6 +257,7 @@ class MMoELayer(keras.layers.Layer):
                 f"Received: expert_dropout={expert_dropout!r}"
             )
         _check_expert_normalization(expert_normalization)
+        _check_normalization("gate_normalization", gate_normalization)
         if not isinstance(single_gate, bool):
             raise ValueError(
                 "`single_gate` must be a bool. "
@@ -258,6 +276,7 @@ class MMoELayer(keras.layers.Layer):
         )
         self.expert_dropout = float(expert_dropout)
         self.expert_normalization = expert_normalization
+        self.gate_normalization = gate_normalization
         self.single_gate = single_gate
         self.return_gates = return_gates
         self.kernel_initializer = _get_or_raise(
@@ -292,7 +311,7 @@ class MMoELayer(keras.layers.Layer):
                     regularizer=self.kernel_regularizer,
                 )
             )
-            norm = _expert_norm(
+            norm = _stack_norm(
                 self,
                 self.expert_normalization,
                 "expert",
@@ -317,10 +336,18 @@ class MMoELayer(keras.layers.Layer):
             initializer=_per_expert_initializer(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
         )
-        self.gate_bias = self.add_weight(
-            name="gate_bias",
-            shape=(num_gates, self.num_experts),
-            initializer="zeros",
+        if self.gate_normalization != "batch":
+            self.gate_bias = self.add_weight(
+                name="gate_bias",
+                shape=(num_gates, self.num_experts),
+                initializer="zeros",
+            )
+        self.gate_norm = _stack_norm(
+            self,
+            self.gate_normalization,
+            "gate",
+            None,
+            (num_gates, self.num_experts),
         )
         self.built = True
 
@@ -333,16 +360,20 @@ class MMoELayer(keras.layers.Layer):
             if self.expert_biases:
                 x = x + self.expert_biases[i]
             if self.expert_norms:
-                x = _apply_expert_norm(self.expert_norms[i], x, training)
+                x = _apply_stack_norm(self.expert_norms[i], x, training)
             x = self.expert_activation(x)
             if training and self.expert_dropout > 0:
                 x = keras.random.dropout(
                     x, self.expert_dropout, seed=self.seed_generator
                 )
         # Gates: (batch, num_gates, num_experts).
-        gate_logits = (
-            ops.einsum("bd,gde->bge", inputs, self.gate_kernel) + self.gate_bias
-        )
+        gate_logits = ops.einsum("bd,gde->bge", inputs, self.gate_kernel)
+        if self.gate_normalization != "batch":
+            gate_logits = gate_logits + self.gate_bias
+        if self.gate_norm is not None:
+            gate_logits = _apply_stack_norm(
+                self.gate_norm, gate_logits, training
+            )
         if self.num_experts == 1:
             # Softmax over one expert is 1; `ops.softmax` would warn.
             gates = ops.exp(
@@ -377,6 +408,7 @@ class MMoELayer(keras.layers.Layer):
                 ),
                 "expert_dropout": self.expert_dropout,
                 "expert_normalization": self.expert_normalization,
+                "gate_normalization": self.gate_normalization,
                 "single_gate": self.single_gate,
                 "return_gates": self.return_gates,
                 "kernel_initializer": keras.initializers.serialize(

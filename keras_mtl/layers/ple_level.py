@@ -6,11 +6,12 @@ from keras import ops
 from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.layers.mlp import _is_positive_int
 from keras_mtl.layers.mlp import _is_rate
-from keras_mtl.layers.mmoe_layer import _apply_expert_norm
+from keras_mtl.layers.mmoe_layer import _apply_stack_norm
 from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.layers.mmoe_layer import _check_expert_units
-from keras_mtl.layers.mmoe_layer import _expert_norm
+from keras_mtl.layers.mmoe_layer import _check_normalization
 from keras_mtl.layers.mmoe_layer import _per_expert_initializer
+from keras_mtl.layers.mmoe_layer import _stack_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -56,6 +57,12 @@ class PLELevel(keras.layers.Layer):
             normalized per example, with scale and offset per expert and
             unit; the biases stay. See `keras_mtl.layers.MMoELayer`.
             Defaults to `None`.
+        gate_normalization: `None`, `"batch"` or `"layer"`. Normalizes the
+            logits of every gate (task gates and the shared gate) before the
+            softmax, per gate and expert: `"batch"` with
+            `BatchNormalization` (no gate biases then; torch-rechub's gate),
+            `"layer"` over the gate's experts per example. See
+            `keras_mtl.layers.MMoELayer`. Defaults to `None`.
         return_gates: bool. If `True`, the call also returns the task gates.
             Defaults to `False`.
         kernel_initializer: str or `keras.initializers.Initializer`.
@@ -72,8 +79,8 @@ class PLELevel(keras.layers.Layer):
             `num_tasks + 1` tensors of shape `(batch, d)`: the task branches
             in task order, then the shared branch (the output of the previous
             level).
-        training: bool. Whether expert dropout and batch normalization run
-            in training mode.
+        training: bool. Whether expert dropout and batch normalization
+            (of experts or gates) run in training mode.
 
     Returns:
         A list of `num_tasks` tensors of shape `(batch, expert_units[-1])`,
@@ -113,6 +120,7 @@ class PLELevel(keras.layers.Layer):
         expert_activation="relu",
         expert_dropout=0.0,
         expert_normalization=None,
+        gate_normalization=None,
         return_gates=False,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
@@ -144,6 +152,7 @@ class PLELevel(keras.layers.Layer):
                 f"Received: expert_dropout={expert_dropout!r}"
             )
         _check_expert_normalization(expert_normalization)
+        _check_normalization("gate_normalization", gate_normalization)
         self.num_tasks = num_tasks
         self.num_task_experts = num_task_experts
         self.num_shared_experts = num_shared_experts
@@ -154,6 +163,7 @@ class PLELevel(keras.layers.Layer):
         )
         self.expert_dropout = float(expert_dropout)
         self.expert_normalization = expert_normalization
+        self.gate_normalization = gate_normalization
         self.return_gates = return_gates
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
@@ -235,7 +245,7 @@ class PLELevel(keras.layers.Layer):
                     self.shared_expert_biases,
                 ),
             ):
-                norm = _expert_norm(
+                norm = _stack_norm(
                     self, self.expert_normalization, prefix, i, shape
                 )
                 if norm is not None:
@@ -246,23 +256,41 @@ class PLELevel(keras.layers.Layer):
         self.task_gate_kernel = self._add_kernel(
             "task_gate_kernel", (num_tasks, input_dim, task_e + shared_e)
         )
-        self.task_gate_bias = self._add_bias(
-            "task_gate_bias", (num_tasks, task_e + shared_e)
+        self.task_gate_bias, self.task_gate_norm = self._add_gate_extras(
+            "task_gate", (num_tasks, task_e + shared_e)
         )
         if not self.is_last:
             self.shared_gate_kernel = self._add_kernel(
                 "shared_gate_kernel", (input_dim, num_tasks * task_e + shared_e)
             )
-            self.shared_gate_bias = self._add_bias(
-                "shared_gate_bias", (num_tasks * task_e + shared_e,)
+            self.shared_gate_bias, self.shared_gate_norm = (
+                self._add_gate_extras(
+                    "shared_gate", (num_tasks * task_e + shared_e,)
+                )
             )
         self.built = True
+
+    def _add_gate_extras(self, prefix, shape):
+        """A gate's bias (`None` with batch norm) and normalization layer."""
+        bias = None
+        if self.gate_normalization != "batch":
+            bias = self._add_bias(f"{prefix}_bias", shape)
+        norm = _stack_norm(self, self.gate_normalization, prefix, None, shape)
+        return bias, norm
+
+    def _gate(self, logits, bias, norm, training):
+        """Softmax of one gate's logits, after its bias and normalization."""
+        if bias is not None:
+            logits = logits + bias
+        if norm is not None:
+            logits = _apply_stack_norm(norm, logits, training)
+        return ops.softmax(logits, axis=-1)
 
     def _activate(self, x, biases, norms, i, training):
         if biases:
             x = x + biases[i]
         if norms:
-            x = _apply_expert_norm(norms[i], x, training)
+            x = _apply_stack_norm(norms[i], x, training)
         x = self.expert_activation(x)
         if training and self.expert_dropout > 0:
             x = keras.random.dropout(
@@ -300,10 +328,11 @@ class PLELevel(keras.layers.Layer):
                 training,
             )
         # Task gates: (batch, num_tasks, num_task_experts + shared_experts).
-        gates = ops.softmax(
-            ops.einsum(task_gate_eq, task_x, self.task_gate_kernel)
-            + self.task_gate_bias,
-            axis=-1,
+        gates = self._gate(
+            ops.einsum(task_gate_eq, task_x, self.task_gate_kernel),
+            self.task_gate_bias,
+            self.task_gate_norm,
+            training,
         )
         task_e = self.num_task_experts
         mixed = ops.einsum(
@@ -311,10 +340,11 @@ class PLELevel(keras.layers.Layer):
         ) + ops.einsum("bte,beu->btu", gates[:, :, task_e:], shared_h)
         outputs = [mixed[:, t, :] for t in range(self.num_tasks)]
         if not self.is_last:
-            shared_gate = ops.softmax(
-                ops.matmul(shared_x, self.shared_gate_kernel)
-                + self.shared_gate_bias,
-                axis=-1,
+            shared_gate = self._gate(
+                ops.matmul(shared_x, self.shared_gate_kernel),
+                self.shared_gate_bias,
+                self.shared_gate_norm,
+                training,
             )
             num_task_total = self.num_tasks * task_e
             task_part = ops.reshape(
@@ -358,6 +388,7 @@ class PLELevel(keras.layers.Layer):
                 ),
                 "expert_dropout": self.expert_dropout,
                 "expert_normalization": self.expert_normalization,
+                "gate_normalization": self.gate_normalization,
                 "return_gates": self.return_gates,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer

@@ -26,7 +26,6 @@ from keras_mtl.layers import KLBoundPenalty
 from keras_mtl.layers import MMoELayer
 from keras_mtl.layers import PLELevel
 from keras_mtl.layers.input_block import check_interaction_args
-from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.task import Task
 from keras_mtl.task import validate_tasks
 
@@ -418,6 +417,7 @@ def mmoe(
     dropout=0.0,
     single_gate=False,
     expert_normalization=None,
+    gate_normalization=None,
     tower_normalization=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
@@ -438,6 +438,9 @@ def mmoe(
             `False`.
         expert_normalization: `None`, `"batch"` or `"layer"`: batch or
             layer normalization inside every expert level (see
+            `MMoELayer`). Defaults to `None`.
+        gate_normalization: `None`, `"batch"` or `"layer"`: batch or layer
+            normalization of the gate logits before the softmax (see
             `MMoELayer`). Defaults to `None`.{tower_normalization}
         name: str. Model name.
 
@@ -469,6 +472,7 @@ def mmoe(
         expert_activation=activation,
         expert_dropout=dropout,
         expert_normalization=expert_normalization,
+        gate_normalization=gate_normalization,
         single_gate=single_gate,
         name="mmoe",
     )
@@ -526,6 +530,7 @@ def ple(
     activation="relu",
     dropout=0.0,
     expert_normalization=None,
+    gate_normalization=None,
     tower_normalization=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
@@ -548,6 +553,9 @@ def ple(
             `(64,)`.{common}
         expert_normalization: `None`, `"batch"` or `"layer"`: batch or
             layer normalization inside every expert level (see
+            `PLELevel`). Defaults to `None`.
+        gate_normalization: `None`, `"batch"` or `"layer"`: batch or layer
+            normalization of every gate's logits before the softmax (see
             `PLELevel`). Defaults to `None`.{tower_normalization}
         name: str. Model name.
 
@@ -591,6 +599,7 @@ def ple(
             expert_activation=activation,
             expert_dropout=dropout,
             expert_normalization=expert_normalization,
+            gate_normalization=gate_normalization,
             name=f"ple_level_{level}",
         )
         for level in range(num_levels)
@@ -1184,8 +1193,9 @@ def tasks_for(architecture, tasks):
 def check_builder_args(architecture, kwargs):
     """Refuses an unknown architecture or builder argument, naming it, and
     a bad interaction argument (`interaction`, `interaction_features`,
-    `cross_layers`, `cross_projection_dim`), `expert_normalization` or
-    `tower_normalization` value (the checks that need no feature specs)."""
+    `cross_layers`, `cross_projection_dim`), `expert_normalization`,
+    `gate_normalization` or `tower_normalization` value (the checks that need
+    no feature specs)."""
     if architecture not in BUILDERS:
         raise ValueError(
             f"Unknown `architecture`. Received: architecture={architecture!r}"
@@ -1209,12 +1219,12 @@ def check_builder_args(architecture, kwargs):
         kwargs.get("cross_layers"),
         kwargs.get("cross_projection_dim"),
     )
-    _check_expert_normalization(kwargs.get("expert_normalization"))
-    _check_normalization(
+    for name in (
+        "expert_normalization",
+        "gate_normalization",
         "tower_normalization",
-        kwargs.get("tower_normalization"),
-        TOWER_NORMALIZATIONS,
-    )
+    ):
+        _check_normalization(name, kwargs.get(name), TOWER_NORMALIZATIONS)
 
 
 def build(architecture, features, tasks, **kwargs):

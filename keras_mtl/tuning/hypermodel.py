@@ -22,8 +22,9 @@ Keys:
   layer).
 - `interaction` (`"none"`, `"dot"`: dot products of the embedded
   features, or `"cross"`: a DCN-v2 cross network of the input vector),
-  `expert_normalization` and `tower_normalization` (`"none"`, `"batch"`
-  or `"layer"`): the builders' arguments of those names, with
+  `expert_normalization`, `gate_normalization` and `tower_normalization`
+  (`"none"`, `"batch"` or `"layer"`): the builders' arguments of those
+  names, with
   `"none"` standing for `None`, which KerasTuner's `Choice` cannot hold.
   Declared like any builder argument.
 - `learning_rate`: Adam's learning rate.
@@ -95,6 +96,7 @@ _INT_KEYS = ("num_experts", "num_task_experts", "num_shared_experts")
 _NONE_SPELLED = {
     "interaction": ("dot", "cross"),
     "expert_normalization": ("batch", "layer"),
+    "gate_normalization": ("batch", "layer"),
     "tower_normalization": ("batch", "layer"),
 }
 _RANGE_KEYS = {"min", "max", "step", "sampling", "default"}

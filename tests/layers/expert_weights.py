@@ -1,6 +1,26 @@
 """Weight helpers shared by the MMoE and PLE layer tests."""
 
 import numpy as np
+import pytest
+
+# Every normalization a layer of experts and gates can carry, one at a time.
+NORMALIZATIONS = pytest.mark.parametrize(
+    "expert_normalization, gate_normalization",
+    [
+        (None, None),
+        ("batch", None),
+        ("layer", None),
+        (None, "batch"),
+        (None, "layer"),
+    ],
+    ids=[
+        "plain",
+        "batch_norm",
+        "layer_norm",
+        "gate_batch_norm",
+        "gate_layer_norm",
+    ],
+)
 
 
 def randomize(weights, seed=1):

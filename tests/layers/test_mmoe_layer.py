@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from expert_weights import NORMALIZATIONS
 from expert_weights import randomize
 from expert_weights import set_nontrivial_norm_weights
 
@@ -53,7 +54,8 @@ def _reference(layer, x, training=False):
     With `expert_normalization="batch"`, every expert level is normalized
     on its own, as a freshly built batch normalization would; with
     `"layer"`, every expert's units are layer-normalized per example with
-    that expert's scale and offset.
+    that expert's scale and offset. `gate_normalization` does the same to
+    each gate's logits (per gate and expert; over the experts of a gate).
     """
     experts = []
     for e in range(layer.num_experts):
@@ -73,7 +75,15 @@ def _reference(layer, x, training=False):
     outputs, gates = [], []
     for t in range(layer.num_tasks):
         g = 0 if layer.single_gate else t
-        gate = _softmax(x @ _np(layer.gate_kernel)[g] + _np(layer.gate_bias)[g])
+        logits = x @ _np(layer.gate_kernel)[g]
+        if layer.gate_normalization == "batch":
+            logits = _batch_norm(logits, training)
+        else:
+            logits = logits + _np(layer.gate_bias)[g]
+        if layer.gate_normalization == "layer":
+            norm = layer.gate_norm
+            logits = _layer_norm(logits, _np(norm.gamma)[g], _np(norm.beta)[g])
+        gate = _softmax(logits)
         gates.append(gate)
         outputs.append(np.einsum("be,beu->bu", gate, experts))
     return outputs, np.stack(gates, axis=1)
@@ -87,6 +97,7 @@ def test_config_round_trip():
         expert_activation="tanh",
         expert_dropout=0.2,
         expert_normalization="batch",
+        gate_normalization="layer",
         single_gate=True,
         return_gates=True,
         kernel_initializer="he_uniform",
@@ -250,6 +261,121 @@ def test_one_expert_with_layer_norm_equals_layer_norm_mlp():
         np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
 
 
+GATE_NORMALIZATIONS = pytest.mark.parametrize(
+    "gate_normalization, single_gate",
+    [("batch", False), ("layer", False), ("batch", True), ("layer", True)],
+    ids=[
+        "batch_norm",
+        "layer_norm",
+        "one_gate_batch_norm",
+        "one_gate_layer_norm",
+    ],
+)
+
+
+@GATE_NORMALIZATIONS
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+def test_gate_normalization_matches_reference(
+    gate_normalization, single_gate, training
+):
+    layer = MMoELayer(
+        4,
+        [6],
+        3,
+        gate_normalization=gate_normalization,
+        single_gate=single_gate,
+        return_gates=True,
+    )
+    x = _x(batch=16)
+    layer(x)
+    if gate_normalization == "layer":
+        randomize(
+            [layer.gate_bias, layer.gate_norm.gamma, layer.gate_norm.beta]
+        )
+    outputs, gates = layer(x, training=training)
+    _assert_matches_reference(layer, x, outputs, gates, training)
+    if single_gate:
+        np.testing.assert_array_equal(_np(gates)[:, 1], _np(gates)[:, 0])
+
+
+@GATE_NORMALIZATIONS
+def test_gate_normalization_weights(gate_normalization, single_gate):
+    layer = MMoELayer(
+        4,
+        [6],
+        3,
+        gate_normalization=gate_normalization,
+        single_gate=single_gate,
+    )
+    layer.build((None, 5))
+    num_gates = 1 if single_gate else 3
+    names = sorted(w.path.split("/", 1)[1] for w in layer.trainable_weights)
+    if gate_normalization == "batch":
+        # The offset replaces the gate bias; statistics per gate and expert.
+        assert names == [
+            "expert_bias_0",
+            "expert_kernel_0",
+            "gate_batch_norm/beta",
+            "gate_batch_norm/gamma",
+            "gate_kernel",
+        ]
+        assert tuple(layer.gate_norm.moving_mean.shape) == (num_gates * 4,)
+    else:
+        assert names == [
+            "expert_bias_0",
+            "expert_kernel_0",
+            "gate_bias",
+            "gate_kernel",
+            "gate_layer_norm/beta",
+            "gate_layer_norm/gamma",
+        ]
+        assert tuple(layer.gate_norm.gamma.shape) == (num_gates, 4)
+        assert layer.non_trainable_weights == []
+
+
+def test_gate_layer_norm_fixes_the_gate_temperature():
+    """Plain gates follow the scale of their logits (near uniform when the
+    logits are small, one-hot when large); layer-normalized gates see
+    logits of standard deviation 1 (times the learned scale) whatever that
+    scale."""
+    x = _x(batch=8)
+    gates = {}
+    for gate_normalization in (None, "layer"):
+        layer = MMoELayer(
+            4,
+            [3],
+            1,
+            gate_normalization=gate_normalization,
+            return_gates=True,
+        )
+        layer(x)
+        kernel = np.random.default_rng(2).normal(size=(1, 5, 4))
+        for scale in (0.01, 10.0, 100.0):
+            layer.gate_kernel.assign(scale * kernel)
+            gates[gate_normalization, scale] = _np(layer(x)[1])[:, 0]
+    assert np.abs(gates[None, 0.01] - 0.25).max() < 0.01
+    assert np.median(gates[None, 100.0].max(axis=-1)) > 0.99
+    # Logits 10 times larger give the same gates (up to the epsilon).
+    np.testing.assert_allclose(
+        gates["layer", 10.0], gates["layer", 100.0], atol=1e-3
+    )
+    assert not np.allclose(gates[None, 10.0], gates[None, 100.0], atol=1e-2)
+    # Logits whose variance is below the epsilon (1e-3) are only partly
+    # rescaled, but still far from uniform gates.
+    assert np.abs(gates["layer", 0.01] - 0.25).max() > 0.1
+
+
+def test_gate_batch_norm_moving_statistics_update_in_fit():
+    model = _two_task_model(
+        MMoELayer(3, [6], 2, gate_normalization="batch", name="mmoe")
+    )
+    moving_mean = model.get_layer("mmoe").gate_norm.moving_mean
+    assert np.all(_np(moving_mean) == 0.0)
+    model.fit(_x(8), {"a": np.ones((8, 1)), "b": np.zeros((8, 1))}, verbose=0)
+    assert np.all(np.isfinite(_np(moving_mean)))
+    assert np.any(_np(moving_mean) != 0.0)
+
+
 def test_exact_values_with_ones():
     layer = MMoELayer(2, [3, 2], 2, kernel_initializer="ones")
     x = np.array([[1.0, 2.0, 0.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0, -3.0]])
@@ -374,17 +500,16 @@ def test_batch_norm_moving_statistics_update_in_fit():
     assert np.any(_np(moving_mean) != 0.0)
 
 
-@pytest.mark.parametrize(
-    "expert_normalization",
-    [None, "batch", "layer"],
-    ids=["plain", "batch_norm", "layer_norm"],
-)
-def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
+@NORMALIZATIONS
+def test_mixed_bfloat16(
+    mixed_bfloat16, expert_normalization, gate_normalization
+):
     layer = MMoELayer(
         3,
         [4, 2],
         2,
         expert_normalization=expert_normalization,
+        gate_normalization=gate_normalization,
         return_gates=True,
     )
     outputs, gates = layer(_x(), training=True)
@@ -417,6 +542,8 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
         ({"expert_normalization": "group"}, "expert_normalization"),
         ({"expert_normalization": True}, "expert_normalization"),
+        ({"gate_normalization": "softmax"}, "gate_normalization"),
+        ({"gate_normalization": False}, "gate_normalization"),
     ],
     ids=[
         "zero_experts",
@@ -432,6 +559,8 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         "unknown_regularizer",
         "group_normalization",
         "bool_normalization",
+        "unknown_gate_normalization",
+        "bool_gate_normalization",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -441,20 +570,23 @@ def test_invalid_arguments(kwargs, name):
         MMoELayer(**arguments)
 
 
-@pytest.mark.parametrize(
-    "expert_normalization",
-    [None, "batch", "layer"],
-    ids=["plain", "batch_norm", "layer_norm"],
-)
-def test_keras_save_and_load(tmp_path, expert_normalization):
+@NORMALIZATIONS
+def test_keras_save_and_load(
+    tmp_path, expert_normalization, gate_normalization
+):
     inputs = keras.Input((5,))
     task_a, task_b = MMoELayer(
-        3, [4], 2, expert_normalization=expert_normalization, name="mmoe"
+        3,
+        [4],
+        2,
+        expert_normalization=expert_normalization,
+        gate_normalization=gate_normalization,
+        name="mmoe",
     )(inputs)
     model = keras.Model(inputs, {"a": task_a, "b": task_b})
-    set_nontrivial_norm_weights(
-        model.get_layer("mmoe").expert_norms, expert_normalization
-    )
+    layer = model.get_layer("mmoe")
+    set_nontrivial_norm_weights(layer.expert_norms, expert_normalization)
+    set_nontrivial_norm_weights([layer.gate_norm], gate_normalization)
     path = tmp_path / "mmoe.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from expert_weights import NORMALIZATIONS
 from expert_weights import randomize
 from expert_weights import set_nontrivial_norm_weights
 
@@ -88,13 +89,33 @@ def _expert_layer_norms(layer, norms, index):
     return [(_np(n.gamma)[index], _np(n.beta)[index]) for n in norms]
 
 
+def _gate(layer, logits, bias, norm, index):
+    """A gate's softmax in NumPy after its bias and `gate_normalization`
+    (batch statistics, i.e. training mode, for `"batch"`); `index` picks
+    the gate's bias, scale and offset out of their stacks."""
+    if layer.gate_normalization == "batch":
+        logits = (logits - logits.mean(axis=0)) / np.sqrt(
+            logits.var(axis=0) + 1e-3
+        )
+    else:
+        logits = logits + _np(bias)[index]
+    if layer.gate_normalization == "layer":
+        mean = logits.mean(axis=-1, keepdims=True)
+        var = logits.var(axis=-1, keepdims=True)
+        logits = (logits - mean) / np.sqrt(var + 1e-3) * _np(norm.gamma)[
+            index
+        ] + _np(norm.beta)[index]
+    return _softmax(logits)
+
+
 def _reference(layer, inputs):
     """Loop-per-expert NumPy PLE level with the layer's weights.
 
     With `expert_normalization="batch"`, every expert level is normalized
     on its own with the batch statistics (training mode); with `"layer"`,
     every expert's units are layer-normalized per example with that
-    expert's scale and offset.
+    expert's scale and offset. `gate_normalization` does the same to each
+    gate's logits (see `_gate`).
     """
     if not isinstance(inputs, list):
         inputs = [inputs] * (layer.num_tasks + 1)
@@ -124,16 +145,22 @@ def _reference(layer, inputs):
             for e in range(layer.num_task_experts)
         ]
         task_experts += experts
-        gate = _softmax(
-            inputs[t] @ _np(layer.task_gate_kernel)[t]
-            + _np(layer.task_gate_bias)[t]
+        gate = _gate(
+            layer,
+            inputs[t] @ _np(layer.task_gate_kernel)[t],
+            layer.task_gate_bias,
+            layer.task_gate_norm,
+            t,
         )
         stacked = np.stack(experts + shared, axis=1)
         outputs.append(np.einsum("be,beu->bu", gate, stacked))
     if not layer.is_last:
-        gate = _softmax(
-            inputs[-1] @ _np(layer.shared_gate_kernel)
-            + _np(layer.shared_gate_bias)
+        gate = _gate(
+            layer,
+            inputs[-1] @ _np(layer.shared_gate_kernel),
+            layer.shared_gate_bias,
+            layer.shared_gate_norm,
+            Ellipsis,
         )
         stacked = np.stack(task_experts + shared, axis=1)
         outputs.append(np.einsum("be,beu->bu", gate, stacked))
@@ -146,6 +173,7 @@ def test_config_round_trip():
         expert_activation="gelu",
         expert_dropout=0.1,
         expert_normalization="batch",
+        gate_normalization="batch",
         return_gates=True,
         kernel_initializer="he_normal",
         kernel_regularizer="l1",
@@ -191,16 +219,20 @@ def test_matches_per_expert_reference(is_last, list_inputs):
         np.testing.assert_allclose(_np(out), exp, rtol=1e-5, atol=1e-6)
 
 
-@LEVELS
-def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
-    layer = _level(is_last=is_last, expert_normalization="batch")
-    inputs = _branches(batch=16) if list_inputs else _x(batch=16)
-    outputs = layer(inputs, training=True)
+def _assert_matches_reference(layer, inputs, outputs):
+    """The (non-zero) outputs equal the NumPy reference's."""
     expected = _reference(layer, inputs)
     assert len(outputs) == len(expected)
     for out, exp in zip(outputs, expected):
         assert np.any(exp != 0.0)
         np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
+
+
+@LEVELS
+def test_batch_norm_matches_per_expert_reference(is_last, list_inputs):
+    layer = _level(is_last=is_last, expert_normalization="batch")
+    inputs = _branches(batch=16) if list_inputs else _x(batch=16)
+    _assert_matches_reference(layer, inputs, layer(inputs, training=True))
 
 
 @LEVELS
@@ -215,13 +247,58 @@ def test_layer_norm_matches_per_expert_reference(is_last, list_inputs):
         + [n.gamma for n in norms]
         + [n.beta for n in norms]
     )
-    expected = _reference(layer, inputs)
     for training in (True, False):
-        outputs = layer(inputs, training=training)
-        assert len(outputs) == len(expected)
-        for out, exp in zip(outputs, expected):
-            assert np.any(exp != 0.0)
-            np.testing.assert_allclose(_np(out), exp, rtol=1e-4, atol=1e-5)
+        _assert_matches_reference(
+            layer, inputs, layer(inputs, training=training)
+        )
+
+
+@LEVELS
+@pytest.mark.parametrize("gate_normalization", ["batch", "layer"])
+def test_gate_normalization_matches_reference(
+    is_last, list_inputs, gate_normalization
+):
+    layer = _level(is_last=is_last, gate_normalization=gate_normalization)
+    inputs = _branches(batch=16) if list_inputs else _x(batch=16)
+    layer(inputs)
+    if gate_normalization == "layer":
+        gates = ["task_gate"] + ([] if is_last else ["shared_gate"])
+        randomize(
+            [getattr(layer, f"{g}_bias") for g in gates]
+            + [w for g in gates for w in getattr(layer, f"{g}_norm").weights]
+        )
+    _assert_matches_reference(layer, inputs, layer(inputs, training=True))
+
+
+@pytest.mark.parametrize("gate_normalization", ["batch", "layer"])
+def test_gate_normalization_weights(gate_normalization):
+    layer = _level(gate_normalization=gate_normalization)
+    layer(_x())
+    names = {w.path.split("/", 1)[1] for w in layer.trainable_weights}
+    gate_names = sorted(n for n in names if "gate" in n)
+    kind = f"{gate_normalization}_norm"
+    expected = [
+        f"shared_gate_{kind}/beta",
+        f"shared_gate_{kind}/gamma",
+        "shared_gate_kernel",
+        f"task_gate_{kind}/beta",
+        f"task_gate_{kind}/gamma",
+        "task_gate_kernel",
+    ]
+    all_experts = NUM_TASKS * 2 + 2
+    if gate_normalization == "batch":
+        # The offset replaces the gate biases; statistics per gate, expert.
+        assert gate_names == expected
+        assert layer.task_gate_bias is None
+        assert tuple(layer.task_gate_norm.moving_mean.shape) == (NUM_TASKS * 4,)
+        assert tuple(layer.shared_gate_norm.gamma.shape) == (all_experts,)
+    else:
+        assert gate_names == sorted(
+            expected + ["shared_gate_bias", "task_gate_bias"]
+        )
+        assert tuple(layer.task_gate_norm.gamma.shape) == (NUM_TASKS, 4)
+        assert tuple(layer.shared_gate_norm.beta.shape) == (all_experts,)
+        assert layer.non_trainable_weights == []
 
 
 def test_layer_norm_keeps_biases_and_scales_per_expert():
@@ -360,13 +437,15 @@ def test_batch_norm_moving_statistics_update_in_fit():
         assert np.any(_np(norm.moving_mean) != 0.0)
 
 
-@pytest.mark.parametrize(
-    "expert_normalization",
-    [None, "batch", "layer"],
-    ids=["plain", "batch_norm", "layer_norm"],
-)
-def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
-    layer = _level(return_gates=True, expert_normalization=expert_normalization)
+@NORMALIZATIONS
+def test_mixed_bfloat16(
+    mixed_bfloat16, expert_normalization, gate_normalization
+):
+    layer = _level(
+        return_gates=True,
+        expert_normalization=expert_normalization,
+        gate_normalization=gate_normalization,
+    )
     outputs, gates = layer(_branches(), training=True)
     for tensor in [*outputs, gates]:
         assert keras.backend.standardize_dtype(tensor.dtype) == "bfloat16"
@@ -388,6 +467,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         ({"expert_dropout": 2.0}, "expert_dropout"),
         ({"expert_activation": "nope"}, "expert_activation"),
         ({"expert_normalization": "group"}, "expert_normalization"),
+        ({"gate_normalization": "group"}, "gate_normalization"),
     ],
     ids=[
         "zero_tasks",
@@ -399,6 +479,7 @@ def test_mixed_bfloat16(mixed_bfloat16, expert_normalization):
         "dropout_two",
         "unknown_activation",
         "group_normalization",
+        "group_gate_normalization",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -411,14 +492,15 @@ def test_wrong_number_of_branches():
         _level()(_branches()[:3])
 
 
-@pytest.mark.parametrize(
-    "expert_normalization",
-    [None, "batch", "layer"],
-    ids=["plain", "batch_norm", "layer_norm"],
-)
-def test_keras_save_and_load(tmp_path, expert_normalization):
+@NORMALIZATIONS
+def test_keras_save_and_load(
+    tmp_path, expert_normalization, gate_normalization
+):
     inputs = keras.Input((5,))
-    kwargs = {"expert_normalization": expert_normalization}
+    kwargs = {
+        "expert_normalization": expert_normalization,
+        "gate_normalization": gate_normalization,
+    }
     branches = _level(expert_units=[4], name="level_1", **kwargs)(inputs)
     towers = _level(expert_units=[3], is_last=True, name="level_2", **kwargs)(
         branches
@@ -426,6 +508,10 @@ def test_keras_save_and_load(tmp_path, expert_normalization):
     model = keras.Model(inputs, towers)
     set_nontrivial_norm_weights(
         model.get_layer("level_2").shared_expert_norms, expert_normalization
+    )
+    level_1 = model.get_layer("level_1")
+    set_nontrivial_norm_weights(
+        [level_1.task_gate_norm, level_1.shared_gate_norm], gate_normalization
     )
     path = tmp_path / "ple.keras"
     model.save(path)
