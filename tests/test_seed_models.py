@@ -16,6 +16,7 @@ import keras_mtl
 from keras_mtl import Task
 from keras_mtl import data
 from keras_mtl import datasets
+from keras_mtl import features
 from keras_mtl import models
 from keras_mtl import ranking
 
@@ -446,3 +447,68 @@ def test_builders_pass_embedding_initializer_and_regularizer(builder):
         size += int(np.prod(table.shape))
     penalty = sum(float(_np(loss)) for loss in model.losses)
     np.testing.assert_allclose(penalty, 0.5 * 0.25**2 * size, rtol=1e-5)
+
+
+def _input_block(model):
+    """The `"input_block"` `InputBlock` of `model` or of a nested model."""
+    for layer in model.layers:
+        if layer.name == "input_block":
+            return layer
+        if isinstance(layer, keras.Model):
+            block = _input_block(layer)
+            if block is not None:
+                return block
+    return None
+
+
+# Seed builders with the zoo's `interaction` arguments (dupn's and the
+# split model's features meet in their own user/item structure instead).
+INTERACTION_BUILDERS = [
+    "cross_stitch",
+    "esm2",
+    "pairwise_ranker",
+    "soft_sharing",
+    "youtube_ranker",
+]
+
+
+@pytest.mark.parametrize("builder", INTERACTION_BUILDERS)
+@pytest.mark.parametrize("interaction", ["dot", "cross"])
+def test_seed_builders_take_interactions(builder, interaction, tmp_path):
+    kwargs = dict(EMBEDDING_CASES[builder])
+    tasks = None
+    if builder != "pairwise_ranker":
+        tasks = kwargs.setdefault("tasks", models.tasks_for(builder, TASKS))
+    plain = _input_block(getattr(models, builder)(SPECS, **kwargs))
+    model = getattr(models, builder)(SPECS, interaction=interaction, **kwargs)
+    block = _input_block(model)
+    assert block.interaction == interaction
+    if interaction == "dot":
+        # Every embedded feature of the block (one embed_dim) interacts.
+        embedded = (features.CategoricalFeature, features.SequenceFeature)
+        k = sum(isinstance(f, embedded) for f in plain.features)
+        assert k >= 3
+        assert block.output_dim == plain.output_dim + k * (k - 1) // 2
+    else:
+        assert block.output_dim == plain.output_dim
+        assert len(block.feature_crosses) == 2
+    if tasks is not None:
+        _train_and_reload(model, tasks, tmp_path)
+        return
+    path = tmp_path / "ranker.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x, _ = ranking.graded_lists(
+        FUNNEL, SPECS, ["conversion", "click"], "user_id", list_size=4
+    )
+    head = {k: v[:8] for k, v in x.items()}
+    np.testing.assert_array_equal(
+        _predict(loaded, head)["score"], _predict(model, head)["score"]
+    )
+
+
+def test_seed_builders_refuse_bad_interactions():
+    with pytest.raises(ValueError, match="interaction"):
+        models.esm2(SPECS, interaction="outer")
+    with pytest.raises(ValueError, match="cross_layers"):
+        models.cross_stitch(SPECS, TASKS, interaction="dot", cross_layers=2)

@@ -115,6 +115,10 @@ def esm2(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="esm2",
 ):
     """Elaborated Entire Space Supervised Multi-task Model (ESM2).
@@ -150,7 +154,8 @@ def esm2(
         tower_units: list of int. Hidden layers of each of the four
             towers (may be empty). Defaults to `(128, 64)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -215,7 +220,13 @@ def esm2(
     head = ESM2Head(dtype="float32", name="esm2_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     branch_logits = [
         logits[b](towers[b](x) if towers[b] else x) for b in branches
@@ -434,6 +445,10 @@ def youtube_ranker(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="youtube_ranker",
 ):
     """YouTube's multitask ranker: MMoE plus a shallow position-bias tower.
@@ -479,7 +494,10 @@ def youtube_ranker(
         bias_dropout: float in `[0, 1)`. Rate of dropping an example's bias
             while training. Defaults to `0.1`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as in `shared_bottom`.
+            Only the main model's features interact (its `InputBlock`),
+            not the bias tower's.
         name: str. Model name.
 
     Returns:
@@ -559,6 +577,10 @@ def youtube_ranker(
         main_specs,
         embeddings_initializer=embeddings_initializer,
         embeddings_regularizer=embeddings_regularizer,
+        interaction=interaction,
+        interaction_features=interaction_features,
+        cross_layers=cross_layers,
+        cross_projection_dim=cross_projection_dim,
         name="input_block",
     )(main_inputs)
     main_logits = {}
@@ -650,6 +672,10 @@ def cross_stitch(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="cross_stitch",
 ):
     """Cross-stitch network: per-task towers mixed after every level.
@@ -667,7 +693,8 @@ def cross_stitch(
         tower_units: list of int. Width of each level of every tower.
             Defaults to `(64, 32)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -707,7 +734,13 @@ def cross_stitch(
     heads = [task_head(t) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     hidden = [x] * len(tasks)
     for layers, stitch in zip(levels, stitches):
@@ -725,6 +758,10 @@ def soft_sharing(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="soft_sharing",
 ):
     """Soft parameter sharing: per-task towers with an L2 tie.
@@ -743,7 +780,8 @@ def soft_sharing(
         penalty: float `>= 0`. Weight of the L2 difference penalty.
             Defaults to `1e-3`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as in `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -775,7 +813,13 @@ def soft_sharing(
     heads = [task_head(t) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     hidden = towers(x)
     outputs = {t.name: head(h) for t, head, h in zip(tasks, heads, hidden)}
@@ -795,6 +839,10 @@ def pairwise_ranker(
     dropout=0.0,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
+    interaction=None,
+    interaction_features=None,
+    cross_layers=None,
+    cross_projection_dim=None,
     name="pairwise_ranker",
 ):
     """One ranking score per item, trained on lists with a pairwise loss.
@@ -817,7 +865,9 @@ def pairwise_ranker(
         tower_units: list of int. Hidden layers of the scorer. Defaults to
             `(64, 32)`.
         activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+            embeddings_regularizer, interaction, interaction_features,
+            cross_layers, cross_projection_dim: as in `shared_bottom`.
+            The features of one item interact, in the scorer.
         name: str. Model name.
 
     Returns:
@@ -859,7 +909,13 @@ def pairwise_ranker(
     score = keras.layers.Dense(1, dtype="float32", name="score")
     # Functional graph: the pointwise scorer.
     item_inputs, x = _inputs_and_embedding(
-        features, embeddings_initializer, embeddings_regularizer
+        features,
+        embeddings_initializer,
+        embeddings_regularizer,
+        interaction,
+        interaction_features,
+        cross_layers,
+        cross_projection_dim,
     )
     scorer = keras.Model(
         item_inputs, {"score": score(hidden(x))}, name="scorer"
