@@ -142,9 +142,10 @@ class MMoELayer(keras.layers.Layer):
     or layer normalization + activation + dropout) applied to the same
     input. All experts of a level live in one stacked kernel of shape
     `(num_experts, d_in, units)` applied with `ops.einsum`. Task `k` gets a
-    softmax gate `g_k(x) = softmax(x W_k + b_k)` over the experts and its
-    output is `sum_i g_k(x)_i * expert_i(x)`. With `single_gate=True` every
-    task shares one gate (OMoE in the paper).
+    softmax gate `g_k(x) = softmax(x W_k + b_k)` over the experts (the
+    logits normalized first with `gate_normalization`) and its output is
+    `sum_i g_k(x)_i * expert_i(x)`. With `single_gate=True` every task
+    shares one gate (OMoE in the paper).
 
     Args:
         num_experts: int. Number of experts. Must be positive.

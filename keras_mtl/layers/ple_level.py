@@ -30,8 +30,8 @@ class PLELevel(keras.layers.Layer):
     single level with `is_last=True` is Customized Gate Control (CGC); PLE
     stacks levels, the last one with `is_last=True`.
 
-    Experts are MLPs (`expert_units` levels of Dense + optional batch
-    normalization + activation + dropout) whose kernels are stacked,
+    Experts are MLPs (`expert_units` levels of Dense + optional batch or
+    layer normalization + activation + dropout) whose kernels are stacked,
     `(num_tasks, num_task_experts, d_in, units)` and
     `(num_shared_experts, d_in, units)`, and applied with `ops.einsum`.
 
