@@ -185,7 +185,9 @@ class MMoELayer(keras.layers.Layer):
             (epsilon 1e-3), then scaled and offset per gate and expert; the
             bias stays. Either way the softmax sees logits of a learned
             scale from the first step, where plain gates start near uniform.
-            Defaults to `None`.
+            The batch variant's moving statistics lag with few steps per
+            epoch, as the experts' do. On UCI Adult neither variant beat
+            plain gates (`docs/BENCHMARKS.md`). Defaults to `None`.
         single_gate: bool. If `True`, one gate is shared by every task
             (OMoE). Defaults to `False`.
         return_gates: bool. If `True`, the call also returns the gate
