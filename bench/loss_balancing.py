@@ -53,7 +53,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
+STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad", "mgda")
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
 # watch_time at 0.5, the weight uncertainty weighting starts it at.

@@ -65,7 +65,9 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
     _assert_reloads_identically(model, tasks, expected, tmp_path / "m.keras")
 
 
-@pytest.mark.parametrize("weighting", [None, "fixed", "gradnorm"], ids=str)
+@pytest.mark.parametrize(
+    "weighting", [None, "fixed", "gradnorm", "mgda"], ids=str
+)
 def test_fit_traces_the_train_step_once(weighting):
     # Loss trackers, metric and optimizer variables created inside the
     # first trace would make TensorFlow trace the whole step a second time.

@@ -3,7 +3,8 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `PCGradWeighting`; per-task learning-rate multipliers; inverse
+  `PCGradWeighting`, `MGDAWeighting`; per-task learning-rate multipliers;
+  inverse
   propensity weighting of a task's loss by another task's prediction
   (`propensity=`, ESCM²'s counterfactual CVR loss); task weights logged
   every epoch (`TaskWeightLogger`).
@@ -34,12 +35,14 @@ from keras_mtl.training.weighting import STRATEGIES
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
+from keras_mtl.training.weighting import MGDAWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
 from keras_mtl.training.weighting import WeightingStrategy
 from keras_mtl.training.weighting import dwa_weights
 from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
+from keras_mtl.training.weighting import mgda_weights
 from keras_mtl.training.weighting import pcgrad_project
 from keras_mtl.training.weighting import uncertainty_loss
 
@@ -50,6 +53,7 @@ __all__ = [
     "GateDiagnostics",
     "GateProbe",
     "GradNormWeighting",
+    "MGDAWeighting",
     "MultiTaskEarlyStopping",
     "MultiTaskModel",
     "PCGradWeighting",
@@ -67,6 +71,7 @@ __all__ = [
     "layer_tasks",
     "log_gate_diagnostics",
     "model_features",
+    "mgda_weights",
     "pcgrad_project",
     "save_model",
     "uncertainty_loss",

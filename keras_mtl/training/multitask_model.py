@@ -168,10 +168,10 @@ class MultiTaskModel(keras.Model):
     as `<task>_weight` (History, and TensorBoard through
     `keras.callbacks.TensorBoard`) and per-task losses as `<task>_loss`.
 
-    Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`) and
-    `lr_multipliers` use a custom `train_step` implemented for the
-    TensorFlow backend; other backends get a `NotImplementedError` naming
-    the backend. `"fixed"`, `"uncertainty"` and `"dwa"` run on every
+    Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
+    `"mgda"`) and `lr_multipliers` use a custom `train_step` implemented for
+    the TensorFlow backend; other backends get a `NotImplementedError`
+    naming the backend. `"fixed"`, `"uncertainty"` and `"dwa"` run on every
     backend.
 
     The serving model is `wrapper.model`, a plain functional model: saving
@@ -570,7 +570,8 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         model: functional `keras.Model` with a dict of outputs keyed by task.
         tasks: list of `keras_mtl.Task`.
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"pcgrad"`, a mapping `{"name": ..., **arguments}`
+            `"dwa"`, `"pcgrad"`, `"mgda"`, a mapping
+            `{"name": ..., **arguments}`
             (e.g. `{"name": "gradnorm", "alpha": 1.5}`) or a
             `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

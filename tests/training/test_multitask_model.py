@@ -164,9 +164,15 @@ def test_gradnorm_moves_the_gradient_norm_ratio_toward_its_target(
     assert training.last_shared_layer(model, ["t0", "t1"]).name == "bottom"
 
 
-def test_pcgrad_step_applies_projected_gradients_on_shared_variables(
-    make_problem,
-):
+def _conflicting_shared_bottom(make_problem):
+    """Two regression tasks with opposite labels on a shared bottom with
+    identical heads, so their shared gradients conflict.
+
+    Returns `(model, tasks, arrays, start, per_task, shared, flat)`: the
+    weights before training, each task's gradient of every weight (computed
+    by hand), which weights are shared, and each task's flattened gradient
+    of the shared weights.
+    """
     specs, tasks, arrays = make_problem(
         200,
         [[1, 1, 0, 0], [1, 1, 0, 0]],
@@ -179,7 +185,6 @@ def test_pcgrad_step_applies_projected_gradients_on_shared_variables(
     # Identical heads: with opposite labels the shared gradients conflict.
     model.get_layer("t1").set_weights(model.get_layer("t0").get_weights())
     start = [w.numpy().copy() for w in model.trainable_weights]
-    # Per-task gradients, computed by hand.
     inputs = {k: tf.constant(v) for k, v in x.items()}
     per_task = []
     for task in tasks:
@@ -201,26 +206,63 @@ def test_pcgrad_step_applies_projected_gradients_on_shared_variables(
         for grads in per_task
     ]
     assert flat[0] @ flat[1] < 0  # they do conflict
-    g0 = flat[0] - (flat[0] @ flat[1]) / (flat[1] @ flat[1]) * flat[1]
-    g1 = flat[1] - (flat[0] @ flat[1]) / (flat[0] @ flat[0]) * flat[0]
-    projected = g0 + g1
-    expected, offset = [], 0
-    for k, (w, s) in enumerate(zip(start, shared)):
+    return model, tasks, arrays, start, per_task, shared, flat
+
+
+def _assert_one_sgd_step(model, start, per_task, shared, combined, lr=0.1):
+    """Shared weights moved by `-lr * combined` (flattened), the others by
+    their own task's gradient."""
+    offset = 0
+    for k, (got, w, s) in enumerate(
+        zip(model.trainable_weights, start, shared)
+    ):
         if s:
-            g = projected[offset : offset + w.size].reshape(w.shape)
+            g = combined[offset : offset + w.size].reshape(w.shape)
             offset += w.size
         else:
             g = per_task[0][k] + per_task[1][k]
-        expected.append(w - 0.1 * g)
+        np.testing.assert_allclose(
+            got.numpy(), w - lr * g, rtol=1e-4, atol=1e-6
+        )
+    # Not the plain sum of the gradients.
+    plain = start[0] - lr * (per_task[0][0] + per_task[1][0])
+    assert not np.allclose(model.trainable_weights[0].numpy(), plain)
+
+
+def test_pcgrad_step_applies_projected_gradients_on_shared_variables(
+    make_problem,
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    g0 = flat[0] - (flat[0] @ flat[1]) / (flat[1] @ flat[1]) * flat[1]
+    g1 = flat[1] - (flat[0] @ flat[1]) / (flat[0] @ flat[0]) * flat[0]
     wrapper = _compile(
         model, tasks, weighting="pcgrad", optimizer="sgd", learning_rate=0.1
     )
     _fit(wrapper, arrays, batch_size=200)
-    for got, want in zip(model.trainable_weights, expected):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
-    # Not the plain sum of the gradients.
-    plain = start[0] - 0.1 * (per_task[0][0] + per_task[1][0])
-    assert not np.allclose(model.trainable_weights[0].numpy(), plain)
+    _assert_one_sgd_step(model, start, per_task, shared, g0 + g1)
+
+
+def test_mgda_step_moves_shared_variables_along_the_min_norm_gradient(
+    make_problem,
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    # Two tasks: the min-norm point of the segment, in closed form.
+    g0, g1 = flat
+    a0 = np.clip((g1 - g0) @ g1 / ((g0 - g1) @ (g0 - g1)), 0.0, 1.0)
+    assert 0.0 < a0 < 1.0
+    wrapper = _compile(
+        model, tasks, weighting="mgda", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    _assert_one_sgd_step(
+        model, start, per_task, shared, a0 * g0 + (1 - a0) * g1
+    )
+    np.testing.assert_allclose(history.history["t0_mgda_alpha"], [a0], 1e-4)
+    np.testing.assert_allclose(history.history["t1_mgda_alpha"], [1 - a0], 1e-4)
 
 
 def test_lr_multipliers_scale_updates_of_task_owned_variables_only(

@@ -10,8 +10,14 @@ from keras_mtl import training
 
 @pytest.mark.parametrize(
     "weighting",
-    ["fixed", "uncertainty", "pcgrad", {"name": "gradnorm", "alpha": 0.5}],
-    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping"],
+    [
+        "fixed",
+        "uncertainty",
+        "pcgrad",
+        {"name": "gradnorm", "alpha": 0.5},
+        {"name": "mgda", "iterations": 20},
+    ],
+    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping", "mgda"],
 )
 def test_resolve_config_accepts_strategies(weighting):
     config = runner.resolve_config({"training": {"weighting": weighting}})
@@ -24,10 +30,11 @@ def test_resolve_config_accepts_strategies(weighting):
     [
         ("magic", "Unknown `weighting` strategy"),
         ({"name": "dwa", "temperature": -1}, "`temperature` must be"),
+        ({"name": "mgda", "iterations": 0}, "`iterations` must be"),
         ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
         (3, "must be a strategy name"),
     ],
-    ids=["unknown", "bad_argument", "no_name", "not_a_name"],
+    ids=["unknown", "bad_argument", "mgda_iterations", "no_name", "not_a_name"],
 )
 def test_resolve_config_refuses_bad_strategies(weighting, message):
     with pytest.raises(ValueError, match=message):

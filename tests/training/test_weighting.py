@@ -1,4 +1,4 @@
-"""The published formulas: PCGrad, DWA, uncertainty, GradNorm (pure ops)."""
+"""The published formulas: PCGrad, MGDA, DWA, uncertainty and GradNorm."""
 
 import keras
 import numpy as np
@@ -41,6 +41,81 @@ def test_pcgrad_removes_exactly_the_conflicting_component():
     np.testing.assert_allclose(out[0], [0.5, 0.5, 2.0], atol=1e-6)
     # What is left no longer conflicts: it is orthogonal to the other task.
     assert abs(out[0] @ g2) < 1e-6 and abs(out[1] @ g1) < 1e-6
+
+
+def _min_norm_reference(grads):
+    """The minimum of |a G|^2 over the simplex, by SciPy's SLSQP."""
+    from scipy.optimize import minimize
+
+    grads = np.asarray(grads, dtype="float64")
+    gram = grads @ grads.T
+    k = len(grads)
+    result = minimize(
+        lambda a: a @ gram @ a,
+        np.full(k, 1.0 / k),
+        jac=lambda a: 2.0 * gram @ a,
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    return result.x
+
+
+@pytest.mark.backend
+def test_mgda_two_tasks_is_the_closed_form():
+    np.testing.assert_allclose(
+        _np(training.mgda_weights([[1.0, 0.0], [0.0, 2.0]])), [0.8, 0.2], 1e-6
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g1, g2 = rng.normal(size=(2, 7))
+        expected = np.clip((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0, 1)
+        alpha = _np(training.mgda_weights(np.stack([g1, g2]), iterations=1))
+        np.testing.assert_allclose(alpha, [expected, 1 - expected], atol=1e-5)
+    # One gradient inside the other's direction: the smaller one alone.
+    alpha = _np(training.mgda_weights([[1.0, 1.0], [3.0, 3.0]]))
+    np.testing.assert_allclose(alpha, [1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.backend
+def test_mgda_matches_a_quadratic_programming_reference():
+    rng = np.random.default_rng(1)
+    for num_tasks in (3, 4):
+        grads = rng.normal(size=(num_tasks, 6)).astype("float32")
+        grads[0] += 2.0  # unequal norms and a non-trivial solution
+        alpha = _np(training.mgda_weights(grads))
+        expected = _min_norm_reference(grads)
+        assert np.all(alpha >= -1e-7)
+        np.testing.assert_allclose(alpha.sum(), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(alpha, expected, atol=1e-3)
+        norm = np.sum((alpha @ grads) ** 2)
+        best = np.sum((expected @ grads) ** 2)
+        np.testing.assert_allclose(norm, best, rtol=1e-3)
+
+
+@pytest.mark.backend
+def test_mgda_direction_descends_for_every_task():
+    grads = np.array(
+        [[3.0, 0.0, 1.0], [-1.0, 2.0, 0.5], [0.5, -1.0, 2.0]], "float32"
+    )
+    alpha = _np(training.mgda_weights(grads))
+    d = alpha @ grads
+    # KKT of the min-norm problem: d . g_k >= |d|^2 > 0 for every task.
+    assert d @ d > 0.1
+    assert np.all(grads @ d >= (d @ d) * (1 - 1e-3))
+
+
+@pytest.mark.backend
+def test_mgda_pareto_stationary_point_and_one_task():
+    # Opposite gradients: the convex hull holds 0; no common descent.
+    alpha = _np(training.mgda_weights([[1.0, 2.0], [-1.0, -2.0]]))
+    np.testing.assert_allclose(alpha, [0.5, 0.5], atol=1e-6)
+    np.testing.assert_array_equal(_np(training.mgda_weights([[1.0, 2.0]])), [1])
+    with pytest.raises(ValueError, match="`iterations` must be"):
+        training.mgda_weights([[1.0], [2.0]], iterations=0)
+    with pytest.raises(ValueError, match="`grads` must be a 2-D"):
+        training.mgda_weights([1.0, 2.0])
 
 
 @pytest.mark.backend
@@ -206,6 +281,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         "gradnorm",
         "dwa",
         "pcgrad",
+        "mgda",
     }
 
 
@@ -225,9 +301,10 @@ def _tiny_model():
     [
         {"weighting": "gradnorm"},
         {"weighting": "pcgrad"},
+        {"weighting": "mgda"},
         {"lr_multipliers": {"a": 2.0}},
     ],
-    ids=["gradnorm", "pcgrad", "lr_multipliers"],
+    ids=["gradnorm", "pcgrad", "mgda", "lr_multipliers"],
 )
 def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     model, tasks = _tiny_model()
