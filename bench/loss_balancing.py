@@ -15,8 +15,8 @@ shuffling; the data splits are fixed).
   rows); 60/20/20 train/validation/test split (seed 0). Early stopping on the
   mean of the click and conversion AUCs.
 
-Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`
-(`keras_mtl.training.compile`), and the two baselines from the seeds:
+Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
+`mgda` (`keras_mtl.training.compile`), and the two baselines from the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -555,8 +555,10 @@ def write_report(records, args, command):
         "(Kendall's regression form), i.e. at half its fixed weight from "
         "the first step.",
         "- GradNorm's weights move by at most about 0.025 a step and sum to "
-        "the number of tasks; PCGrad keeps the fixed weights and changes "
-        "only the direction of the shared-parameter update.",
+        "the number of tasks; PCGrad and MGDA keep the fixed weights and "
+        "change only the direction of the shared-parameter update (MGDA's "
+        "per-step convex weights of the task gradients are logged as "
+        "`<task>_mgda_alpha`, not listed above).",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "
