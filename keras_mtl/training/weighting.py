@@ -34,6 +34,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mtl.layers.mlp import _is_positive_int
+
 STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad", "mgda")
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda")
@@ -54,11 +56,7 @@ def _check_positive(name, value, allow_zero=False):
 
 
 def _check_iterations(iterations):
-    if (
-        isinstance(iterations, bool)
-        or not isinstance(iterations, int)
-        or iterations < 1
-    ):
+    if not _is_positive_int(iterations):
         raise ValueError(
             "`iterations` must be a positive integer. "
             f"Received: iterations={iterations!r}"
