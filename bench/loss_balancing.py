@@ -16,7 +16,8 @@ shuffling; the data splits are fixed).
   mean of the click and conversion AUCs.
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
-`mgda` (`keras_mtl.training.compile`), and the two baselines from the seeds:
+`mgda`, `rlw` (`keras_mtl.training.compile`), and the two baselines from
+the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -53,7 +54,15 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad", "mgda")
+STRATEGIES = (
+    "fixed",
+    "uncertainty",
+    "gradnorm",
+    "dwa",
+    "pcgrad",
+    "mgda",
+    "rlw",
+)
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
 # watch_time at 0.5, the weight uncertainty weighting starts it at.
@@ -558,7 +567,8 @@ def write_report(records, args, command):
         "the number of tasks; PCGrad and MGDA keep the fixed weights and "
         "change only the direction of the shared-parameter update (MGDA's "
         "per-step convex weights of the task gradients are logged as "
-        "`<task>_mgda_alpha`, not listed above).",
+        "`<task>_mgda_alpha`, not listed above); RLW draws new weights "
+        "every step and lists the fixed weights, their expectation.",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "

@@ -3,11 +3,10 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `PCGradWeighting`, `MGDAWeighting`; per-task learning-rate multipliers;
-  inverse
-  propensity weighting of a task's loss by another task's prediction
-  (`propensity=`, ESCM²'s counterfactual CVR loss); task weights logged
-  every epoch (`TaskWeightLogger`).
+  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`; per-task
+  learning-rate multipliers; inverse propensity weighting of a task's loss
+  by another task's prediction (`propensity=`, ESCM²'s counterfactual CVR
+  loss); task weights logged every epoch (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -37,6 +36,7 @@ from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
 from keras_mtl.training.weighting import MGDAWeighting
 from keras_mtl.training.weighting import PCGradWeighting
+from keras_mtl.training.weighting import RLWWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
 from keras_mtl.training.weighting import WeightingStrategy
 from keras_mtl.training.weighting import dwa_weights
@@ -57,6 +57,7 @@ __all__ = [
     "MultiTaskEarlyStopping",
     "MultiTaskModel",
     "PCGradWeighting",
+    "RLWWeighting",
     "TaskWeightLogger",
     "UncertaintyWeighting",
     "WeightingStrategy",

@@ -15,6 +15,8 @@ it) into the objective the optimizer descends:
   last two epochs' losses (Liu et al., 2019).
 - `PCGradWeighting`: fixed weights, but per-task gradients on shared
   variables are projected so they no longer conflict (Yu et al., 2020).
+- `RLWWeighting`: random loss weighting, fresh random weights every step
+  (Lin et al., 2022).
 - `MGDAWeighting`: the shared variables move along the minimum-norm convex
   combination of the task gradients, a common descent direction (Sener and
   Koltun, 2018).
@@ -36,7 +38,15 @@ from keras import ops
 
 from keras_mtl.layers.mlp import _is_positive_int
 
-STRATEGIES = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad", "mgda")
+STRATEGIES = (
+    "fixed",
+    "uncertainty",
+    "gradnorm",
+    "dwa",
+    "rlw",
+    "pcgrad",
+    "mgda",
+)
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda")
 _EPSILON = 1e-12
@@ -613,6 +623,71 @@ class DWAWeighting(WeightingStrategy):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class RLWWeighting(WeightingStrategy):
+    """Random loss weighting: fresh random task weights at every step.
+
+    Each training step draws `z ~ N(0, I)` over the tasks with a positive
+    fixed weight `b_k` and uses the weights `b_k K softmax(z)_k` (`K` the
+    number of those tasks): on average every task gets its fixed weight
+    (the softmax of i.i.d. draws averages `1 / K`), but each step explores
+    another trade-off. Lin et al.'s weights sum to 1 instead of `K`, which
+    only rescales the loss. Evaluation and the logged `<task>_weight` use the
+    fixed weights, the expectation. Runs on every backend.
+
+    Args:
+        seed: int or None. Seed of the random weights. Defaults to `None`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="rlw")
+
+    References:
+        Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus
+        Test for Multi-Task Learning", TMLR 2022.
+        https://arxiv.org/abs/2111.10603
+    """
+
+    strategy_name = "rlw"
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = _check_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def random_weights(self):
+        """One draw of the training weights, a tensor `(num_tasks,)`."""
+        active = ops.convert_to_tensor(self.active, "float32")
+        if not any(self.active):
+            return ops.zeros((self.num_tasks,))
+        z = keras.random.normal((self.num_tasks,), seed=self.seed_generator)
+        # Softmax over the active tasks only.
+        z = ops.where(active > 0, z, -np.inf)
+        share = ops.softmax(z) * ops.sum(active)
+        return share * ops.convert_to_tensor(self.base_weights, "float32")
+
+    def combine(self, task_losses, training=False):
+        if not training:
+            return super().combine(task_losses)
+        return ops.sum(ops.stop_gradient(self.random_weights()) * task_losses)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seed": self.seed})
+        return config
+
+
+def _check_seed(seed):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int)
+    ):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    return seed
+
+
 def _dense(grad, variable):
     """A dense gradient, zeros where the task does not reach `variable`."""
     if grad is None:
@@ -872,13 +947,7 @@ class PCGradWeighting(WeightingStrategy):
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int)
-        ):
-            raise ValueError(
-                f"`seed` must be an integer or None. Received: seed={seed!r}"
-            )
-        self.seed = seed
+        self.seed = _check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def task_gradients(self, context):
@@ -975,6 +1044,7 @@ _CLASSES = {
     "uncertainty": UncertaintyWeighting,
     "gradnorm": GradNormWeighting,
     "dwa": DWAWeighting,
+    "rlw": RLWWeighting,
     "pcgrad": PCGradWeighting,
     "mgda": MGDAWeighting,
 }
@@ -985,7 +1055,7 @@ def get(identifier):
 
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"pcgrad"`, `"mgda"`; a mapping
+            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

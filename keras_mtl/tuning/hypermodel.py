@@ -29,7 +29,7 @@ Keys:
   Declared like any builder argument.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
-  (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `pcgrad`, `mgda`).
+  (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `mgda`).
 - `loss_weight`: every task's loss weight (`loss_weight_<task>` values);
   `loss_weight_<task>` sets one task's. The weight multiplies the task's own
   `weight`, and strategies other than `fixed` use it as their base weight.

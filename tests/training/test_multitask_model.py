@@ -265,6 +265,39 @@ def test_mgda_step_moves_shared_variables_along_the_min_norm_gradient(
     np.testing.assert_allclose(history.history["t1_mgda_alpha"], [1 - a0], 1e-4)
 
 
+def test_rlw_trains_on_random_weights_and_evaluates_on_fixed_ones(
+    make_problem,
+):
+    specs, tasks, arrays = make_problem(
+        300, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.3, 0.3], ["binary", "binary"]
+    )
+    keras.utils.set_random_seed(4)
+    start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
+    wrappers = {}
+    for weighting in ("fixed", {"name": "rlw", "seed": 0}):
+        model = models.shared_bottom(specs, tasks, bottom_units=[8])
+        model.set_weights(start)
+        wrappers[str(weighting)] = _compile(
+            model, tasks, weighting=weighting, optimizer="sgd"
+        )
+    fixed, rlw = wrappers.values()
+    x, y, sw = arrays
+    kwargs = dict(sample_weight=sw, batch_size=100, verbose=0)
+    np.testing.assert_allclose(
+        rlw.evaluate(x, y, **kwargs), fixed.evaluate(x, y, **kwargs), 1e-6
+    )
+    _fit(fixed, arrays)
+    history = _fit(rlw, arrays)
+    assert history.history["t0_weight"] == [1.0]
+    assert np.isfinite(history.history["loss"]).all()
+    # Three steps with other weights than 1 and 1: other updates.
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(rlw.model.get_weights(), fixed.model.get_weights())
+    ]
+    assert all(moved)
+
+
 def test_lr_multipliers_scale_updates_of_task_owned_variables_only(
     make_problem,
 ):

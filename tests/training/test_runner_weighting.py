@@ -16,8 +16,9 @@ from keras_mtl import training
         "pcgrad",
         {"name": "gradnorm", "alpha": 0.5},
         {"name": "mgda", "iterations": 20},
+        {"name": "rlw", "seed": 1},
     ],
-    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping", "mgda"],
+    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping", "mgda", "rlw"],
 )
 def test_resolve_config_accepts_strategies(weighting):
     config = runner.resolve_config({"training": {"weighting": weighting}})

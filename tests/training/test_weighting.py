@@ -195,6 +195,34 @@ def test_dwa_strategy_applies_the_formula_to_epoch_average_losses():
 
 
 @pytest.mark.backend
+def test_rlw_draws_weights_whose_mean_is_the_fixed_weights():
+    tasks = [Task("a"), Task("b", weight=2.0), Task("idle", weight=0.0)]
+    strategy = training.RLWWeighting(seed=3)
+    strategy.setup(tasks)
+    draws = np.stack([_np(strategy.random_weights()) for _ in range(4000)])
+    # The idle task stays at 0; the others are b_k * 2 * softmax(z).
+    np.testing.assert_array_equal(draws[:, 2], 0.0)
+    assert np.all(draws[:, :2] > 0)
+    np.testing.assert_allclose(draws[:, 0] + draws[:, 1] / 2.0, 2.0, 1e-5)
+    # softmax of i.i.d. normals: each share averages 1/2 (standard error
+    # of the mean here about 0.004).
+    np.testing.assert_allclose(draws[:, :2].mean(axis=0), [1.0, 2.0], 0.02)
+    # A new trade-off every step, spread well beyond rounding.
+    assert draws[:, 0].std() > 0.3
+    # Training combines the losses with one draw; evaluation with the
+    # fixed weights.
+    losses = ops.convert_to_tensor([1.0, 1.0, 5.0])
+    total = _np(strategy.combine(losses, training=True))
+    assert 0.0 < total < 4.0 and not np.isclose(total, 3.0)
+    np.testing.assert_allclose(_np(strategy.combine(losses)), 3.0)
+    np.testing.assert_allclose(_np(strategy.current_weights()), [1, 2, 0])
+    # The same seed draws the same sequence.
+    again = training.RLWWeighting(seed=3)
+    again.setup(tasks)
+    np.testing.assert_allclose(_np(again.random_weights()), draws[0])
+
+
+@pytest.mark.backend
 def test_uncertainty_loss_has_kendalls_classification_and_regression_forms():
     losses = np.array([0.7, 2.0, 0.3], "float32")
     log_vars = np.array([0.5, -1.0, 1.5], "float32")
@@ -273,6 +301,8 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.get_weighting({"name": "gradnorm", "alpha": -1})
     with pytest.raises(ValueError, match="`temperature` must be"):
         training.DWAWeighting(temperature=0)
+    with pytest.raises(ValueError, match="`seed` must be"):
+        training.get_weighting({"name": "rlw", "seed": "one"})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     assert set(training.STRATEGIES) == {
@@ -280,6 +310,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         "uncertainty",
         "gradnorm",
         "dwa",
+        "rlw",
         "pcgrad",
         "mgda",
     }
