@@ -1023,6 +1023,10 @@ class MGDAWeighting(WeightingStrategy):
         return ops.matmul(ops.expand_dims(alpha, 0), flat)[0]
 
     def task_gradients(self, context):
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        if len(active) == 1:
+            # Nothing to combine: the one trained task takes all the weight.
+            self.alpha.assign(np.asarray(self.active, "float32"))
         return _shared_surgery_gradients(self, context)
 
     def extra_logs(self):

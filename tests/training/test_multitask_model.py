@@ -265,6 +265,26 @@ def test_mgda_step_moves_shared_variables_along_the_min_norm_gradient(
     np.testing.assert_allclose(history.history["t1_mgda_alpha"], [1 - a0], 1e-4)
 
 
+def test_mgda_with_one_trained_task_is_plain_training(make_problem):
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    tasks[1] = Task("t1", weight=0.0)  # monitored only
+    keras.utils.set_random_seed(2)
+    start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
+    trained = {}
+    for weighting in ("fixed", "mgda"):
+        model = models.shared_bottom(specs, tasks, bottom_units=[8])
+        model.set_weights(start)
+        wrapper = _compile(model, tasks, weighting=weighting, optimizer="sgd")
+        trained[weighting] = (_fit(wrapper, arrays), model.get_weights())
+    history = trained["mgda"][0].history
+    assert history["t0_mgda_alpha"] == [1.0]
+    assert "t1_mgda_alpha" not in history
+    for a, b in zip(trained["mgda"][1], trained["fixed"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_rlw_trains_on_random_weights_and_evaluates_on_fixed_ones(
     make_problem,
 ):
