@@ -59,10 +59,6 @@ def _check_normalization(name, value):
         )
 
 
-def _check_expert_normalization(expert_normalization):
-    _check_normalization("expert_normalization", expert_normalization)
-
-
 class _StackedLayerNormalization(keras.layers.Layer):
     """Layer normalization of every row of a `(batch, *stack)` tensor.
 
@@ -259,7 +255,7 @@ class MMoELayer(keras.layers.Layer):
                 "`expert_dropout` must be a float in [0, 1). "
                 f"Received: expert_dropout={expert_dropout!r}"
             )
-        _check_expert_normalization(expert_normalization)
+        _check_normalization("expert_normalization", expert_normalization)
         _check_normalization("gate_normalization", gate_normalization)
         if not isinstance(single_gate, bool):
             raise ValueError(

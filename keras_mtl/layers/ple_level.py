@@ -7,7 +7,6 @@ from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.layers.mlp import _is_positive_int
 from keras_mtl.layers.mlp import _is_rate
 from keras_mtl.layers.mmoe_layer import _apply_stack_norm
-from keras_mtl.layers.mmoe_layer import _check_expert_normalization
 from keras_mtl.layers.mmoe_layer import _check_expert_units
 from keras_mtl.layers.mmoe_layer import _check_normalization
 from keras_mtl.layers.mmoe_layer import _per_expert_initializer
@@ -151,7 +150,7 @@ class PLELevel(keras.layers.Layer):
                 "`expert_dropout` must be a float in [0, 1). "
                 f"Received: expert_dropout={expert_dropout!r}"
             )
-        _check_expert_normalization(expert_normalization)
+        _check_normalization("expert_normalization", expert_normalization)
         _check_normalization("gate_normalization", gate_normalization)
         self.num_tasks = num_tasks
         self.num_task_experts = num_task_experts

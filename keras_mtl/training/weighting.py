@@ -658,9 +658,9 @@ class RLWWeighting(WeightingStrategy):
 
     def random_weights(self):
         """One draw of the training weights, a tensor `(num_tasks,)`."""
-        active = ops.convert_to_tensor(self.active, "float32")
         if not any(self.active):
             return ops.zeros((self.num_tasks,))
+        active = ops.convert_to_tensor(self.active, "float32")
         z = keras.random.normal((self.num_tasks,), seed=self.seed_generator)
         # Softmax over the active tasks only.
         z = ops.where(active > 0, z, -np.inf)
@@ -889,7 +889,7 @@ def _shared_surgery_gradients(strategy, context):
         return sum(parts[1:], parts[0]) if parts else None
 
     shared_index = [k for k, is_shared in enumerate(shared) if is_shared]
-    if not shared_index or len(active) < 2:
+    if not shared_index or not active:
         return [summed(k) for k in range(len(variables))]
     out = [None if shared[k] else summed(k) for k in range(len(variables))]
     flat = ops.stack(
@@ -1023,10 +1023,6 @@ class MGDAWeighting(WeightingStrategy):
         return ops.matmul(ops.expand_dims(alpha, 0), flat)[0]
 
     def task_gradients(self, context):
-        active = [i for i, a in enumerate(self.active) if a > 0]
-        if len(active) == 1:
-            # Nothing to combine: the one trained task takes all the weight.
-            self.alpha.assign(np.asarray(self.active, "float32"))
         return _shared_surgery_gradients(self, context)
 
     def extra_logs(self):

@@ -24,9 +24,8 @@ Keys:
   features, or `"cross"`: a DCN-v2 cross network of the input vector),
   `expert_normalization`, `gate_normalization` and `tower_normalization`
   (`"none"`, `"batch"` or `"layer"`): the builders' arguments of those
-  names, with
-  `"none"` standing for `None`, which KerasTuner's `Choice` cannot hold.
-  Declared like any builder argument.
+  names, with `"none"` standing for `None`, which KerasTuner's `Choice`
+  cannot hold. Declared like any builder argument.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
   (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `mgda`).
