@@ -105,13 +105,22 @@ def test_train_from_yaml_config(tmp_path):
     config = {
         "dataset": {"name": "funnel", "n": 3000, "seed": 3},
         "tasks": [{"name": "click"}, {"name": "like", "space": "click"}],
-        "model": {"architecture": "shared_bottom", "bottom_units": [16]},
+        "model": {
+            "architecture": "shared_bottom",
+            "bottom_units": [16],
+            "kernel_initializer": "he_uniform",
+            "kernel_regularizer": {"class_name": "L2", "config": {"l2": 1e-4}},
+        },
         "training": {"epochs": 1, "batch_size": 512},
         "output_dir": str(tmp_path / "run"),
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli.main(["train", "--config", str(path)]) == 0
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    bottom = model.get_layer("bottom")
+    assert type(bottom.kernel_initializer).__name__ == "HeUniform"
+    assert bottom.kernel_regularizer.get_config() == {"l2": 1e-4}
     features = json.loads((tmp_path / "run" / "features.json").read_text())
     names = {f["name"] for f in features}
     # Every label of the dataset stays out of the features, trained or not.
@@ -196,6 +205,14 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
             {"model": {"architecture": "mmoe", "tower_normalization": "l2"}},
             r"`tower_normalization` must be one of 'layer', 'batch', None",
         ),
+        (
+            {"model": {"architecture": "aitm", "kernel_initializer": "glorot"}},
+            "`kernel_initializer` could not be interpreted",
+        ),
+        (
+            {"model": {"architecture": "esmm", "kernel_regularizer": "l3"}},
+            "`kernel_regularizer` could not be interpreted",
+        ),
         ({"tasks": [{"name": "cvr", "space": "click"}]}, "unknown task"),
     ],
     ids=[
@@ -215,6 +232,8 @@ def test_run_config_passes_the_dot_interaction_to_the_builder(tmp_path):
         "expert_normalization",
         "gate_normalization",
         "tower_normalization",
+        "kernel_initializer",
+        "kernel_regularizer",
         "task_space",
     ],
 )

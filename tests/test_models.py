@@ -342,6 +342,8 @@ def test_precomputed_input_refuses_interaction(kwargs):
             "embeddings_initializer",
         ),
         ("mmoe", dict(embeddings_regularizer="nope"), "embeddings_regularizer"),
+        ("aitm", dict(kernel_initializer="nope"), "kernel_initializer"),
+        ("ple", dict(kernel_regularizer="nope"), "kernel_regularizer"),
     ],
     ids=[
         "experts",
@@ -356,11 +358,93 @@ def test_precomputed_input_refuses_interaction(kwargs):
         "gate_normalization",
         "embeddings_initializer",
         "embeddings_regularizer",
+        "kernel_initializer",
+        "kernel_regularizer",
     ],
 )
 def test_invalid_builder_arguments(architecture, kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.build(architecture, SPECS, TASKS, **kwargs)
+
+
+@pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
+def test_dense_args_reach_every_dense_kernel(architecture):
+    tasks = models.tasks_for(architecture, TASKS)
+    model = models.build(
+        architecture,
+        SPECS,
+        tasks,
+        kernel_initializer=keras.initializers.Constant(0.5),
+        kernel_regularizer=keras.regularizers.L2(1e-3),
+        embeddings_regularizer=keras.regularizers.L2(0.0),
+        **BUILD_CASES[architecture],
+    )
+    # After the input block every weight is a Dense kernel (experts, gates,
+    # bottom, towers, AITM's transfer, output layers) or a zero bias.
+    weights = [w for w in model.weights if not w.path.startswith("input_")]
+    kernels = [w for w in weights if "kernel" in w.path]
+    assert len(kernels) >= 4
+    for w in weights:
+        expected = 0.5 if "kernel" in w.path else 0.0
+        assert "kernel" in w.path or "bias" in w.path, w.path
+        np.testing.assert_array_equal(w.numpy(), expected, err_msg=w.path)
+    # Each kernel adds its L2 penalty, and nothing else is penalized.
+    penalty = sum(1e-3 * 0.25 * np.prod(w.shape) for w in kernels)
+    got = sum(float(keras.ops.convert_to_numpy(x)) for x in model.losses)
+    np.testing.assert_allclose(got, penalty, rtol=1e-5)
+
+
+def test_kernel_initializer_sees_the_fans_of_one_dense(tmp_path):
+    # PyTorch's nn.Linear kernels: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with
+    # the fan-in of one expert or gate, not of the stacked weight.
+    torch_init = keras.initializers.VarianceScaling(
+        scale=1 / 3, mode="fan_in", distribution="uniform"
+    )
+    model = models.mmoe(
+        SPECS,
+        TASKS,
+        num_experts=4,
+        expert_units=[16],
+        tower_units=[8],
+        kernel_initializer=torch_init,
+    )
+    width = model.get_layer("mmoe").input.shape[-1]
+    bounds = {
+        "mmoe/expert_kernel_0": 1 / np.sqrt(width),
+        "mmoe/gate_kernel": 1 / np.sqrt(width),
+        "tower_click/dense_0/kernel": 1 / np.sqrt(16),
+        "click/kernel": 1 / np.sqrt(8),
+    }
+    weights = {w.path: w.numpy() for w in model.weights}
+    for path, bound in bounds.items():
+        largest = np.abs(weights[path]).max()
+        assert 0.7 * bound < largest <= bound, (path, largest, bound)
+    # One unseeded instance, a fresh draw for every layer and slice.
+    experts = weights["mmoe/expert_kernel_0"]
+    assert not np.array_equal(experts[0], experts[1])
+    for layer in ("tower_{}/dense_0/kernel", "{}/kernel"):
+        assert not np.array_equal(
+            weights[layer.format("click")], weights[layer.format("conversion")]
+        )
+    _fit_and_assert_reloads(model, tmp_path)
+
+
+def test_checking_an_initializer_leaves_the_seeded_draws_alone():
+    # Keras draws an unseeded initializer's seed from Python's `random`: a
+    # check that made one would shift every weight a seeded run builds.
+    keras.utils.set_random_seed(3)
+    default = models.mmoe(SPECS, TASKS, num_experts=2, expert_units=[4])
+    keras.utils.set_random_seed(3)
+    models.zoo.check_builder_args("mmoe", dict(kernel_initializer="he_normal"))
+    checked = models.mmoe(
+        SPECS,
+        TASKS,
+        num_experts=2,
+        expert_units=[4],
+        kernel_initializer="glorot_uniform",
+    )
+    for a, b in zip(default.weights, checked.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 def _expert_layers(model):

@@ -11,6 +11,7 @@ metrics.
 import contextlib
 import functools
 import inspect
+import random
 
 import keras
 
@@ -26,6 +27,8 @@ from keras_mtl.layers import KLBoundPenalty
 from keras_mtl.layers import MMoELayer
 from keras_mtl.layers import PLELevel
 from keras_mtl.layers.input_block import check_interaction_args
+from keras_mtl.layers.mlp import _clone_initializer
+from keras_mtl.layers.mlp import _get_or_raise
 from keras_mtl.task import Task
 from keras_mtl.task import validate_tasks
 
@@ -54,6 +57,54 @@ def _check_normalization(name, value, allowed):
             f"Received: {name}={value!r}"
         )
     return value
+
+
+def _check_initializer(name, value):
+    """Refuses an initializer Keras cannot interpret, naming `name`.
+
+    Keras draws a default seed from Python's `random` when it makes an
+    unseeded initializer, so the state is restored: checking must not change
+    the weights a seeded run builds.
+    """
+    state = random.getstate()
+    try:
+        _get_or_raise(keras.initializers.get, name, value)
+    finally:
+        random.setstate(state)
+    return value
+
+
+def dense_args(kernel_initializer="glorot_uniform", kernel_regularizer=None):
+    """A builder's `kernel_initializer` and `kernel_regularizer`, checked.
+
+    Returns them as keyword arguments for every Dense-like layer the builder
+    makes (`MLP`, `MMoELayer`, `PLELevel`, `AITMTransfer`, `task_head`...).
+    Raises `ValueError` naming the argument Keras cannot interpret.
+    """
+    _check_initializer("kernel_initializer", kernel_initializer)
+    _get_or_raise(
+        keras.regularizers.get, "kernel_regularizer", kernel_regularizer
+    )
+    return {
+        "kernel_initializer": kernel_initializer,
+        "kernel_regularizer": kernel_regularizer,
+    }
+
+
+def _output_dense(units, activation, name, dense):
+    """A float32 output Dense with the builder's `dense_args`."""
+    dense = dense or {}
+    return keras.layers.Dense(
+        units,
+        activation=activation,
+        # One initializer instance draws the same values on every call.
+        kernel_initializer=_clone_initializer(
+            dense.get("kernel_initializer", "glorot_uniform")
+        ),
+        kernel_regularizer=dense.get("kernel_regularizer"),
+        dtype="float32",
+        name=name,
+    )
 
 
 def _check_common(features, tasks, tower_units, dropout):
@@ -136,23 +187,32 @@ def _inputs_and_embedding(
     return inputs, block(inputs)
 
 
-def task_head(task, name=None):
-    """The output layer of a task: its activation, always float32."""
+def task_head(task, name=None, dense=None):
+    """The output layer of a task: its activation, always float32.
+
+    `dense`: the builder's `dense_args` (Keras' defaults without).
+    """
     activation = {
         "binary": "sigmoid",
         "regression": None,
         "multiclass": "softmax",
     }[task.kind]
-    return keras.layers.Dense(
-        task.output_dim,
-        activation=activation,
-        dtype="float32",
-        name=name or task.name,
-    )
+    return _output_dense(task.output_dim, activation, name or task.name, dense)
 
 
-def tower(task, units, activation, dropout, prefix="tower", normalization=None):
-    """A task tower (`MLP`), or None when `units` is empty."""
+def tower(
+    task,
+    units,
+    activation,
+    dropout,
+    prefix="tower",
+    normalization=None,
+    dense=None,
+):
+    """A task tower (`MLP`), or None when `units` is empty.
+
+    `dense`: the builder's `dense_args` (Keras' defaults without).
+    """
     if not units:
         return None
     return MLP(
@@ -161,20 +221,32 @@ def tower(task, units, activation, dropout, prefix="tower", normalization=None):
         dropout=dropout,
         normalization=normalization,
         name=f"{prefix}_{task.name}",
+        **(dense or {}),
     )
 
 
 def _towers_and_heads(
-    task_inputs, tasks, tower_units, activation, dropout, normalization=None
+    task_inputs,
+    tasks,
+    tower_units,
+    activation,
+    dropout,
+    dense,
+    normalization=None,
 ):
     outputs = {}
     for task, h in zip(tasks, task_inputs):
         layer = tower(
-            task, tower_units, activation, dropout, normalization=normalization
+            task,
+            tower_units,
+            activation,
+            dropout,
+            normalization=normalization,
+            dense=dense,
         )
         if layer is not None:
             h = layer(h)
-        outputs[task.name] = task_head(task)(h)
+        outputs[task.name] = task_head(task, dense=dense)(h)
     return outputs
 
 
@@ -231,6 +303,8 @@ def shared_bottom(
     tower_units=(32,),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -273,10 +347,15 @@ def shared_bottom(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     bottom_units = _check_units("bottom_units", bottom_units)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     bottom = MLP(
-        bottom_units, activation=activation, dropout=dropout, name="bottom"
+        bottom_units,
+        activation=activation,
+        dropout=dropout,
+        name="bottom",
+        **dense,
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -290,16 +369,28 @@ def shared_bottom(
     )
     shared = bottom(x)
     outputs = _towers_and_heads(
-        [shared] * len(tasks), tasks, tower_units, activation, dropout
+        [shared] * len(tasks), tasks, tower_units, activation, dropout, dense
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
     # Config: the model is plain functional; its config is the graph.
     return keras.Model(inputs, outputs, name=name)
 
 
-# The embedding arguments every builder documents (`shared_bottom` and
-# `_COMMON_ARGS`).
+# The Dense and input-block arguments every builder documents
+# (`shared_bottom` and `_COMMON_ARGS`).
 _EMBEDDINGS_ARGS = """
+        kernel_initializer: str or `keras.initializers.Initializer`.
+            Initializer of every Dense kernel after the input block (bottom,
+            experts, gates, towers, output layers), cloned per layer and
+            per expert and gate slice, so the fans are those of one Dense
+            and an unseeded initializer draws fresh values for each. Biases
+            start at zero. Defaults to `"glorot_uniform"` (Keras' `Dense`
+            default). PyTorch's `nn.Linear` kernels (torch-rechub's) are
+            `keras.initializers.VarianceScaling(1 / 3, "fan_in",
+            "uniform")`.
+        kernel_regularizer: optional regularizer of those kernels, e.g.
+            `keras.regularizers.L2(1e-5)` (DeepCTR's `l2_reg_dnn`). Its
+            penalty is added to the training loss. Defaults to `None`.
         embeddings_initializer: str or `keras.initializers.Initializer`.
             Initializer of the embedding tables. Defaults to `"uniform"`
             (Keras' `Embedding` default, uniform in [-0.05, 0.05]); DeepCTR
@@ -364,6 +455,8 @@ def shared_embedding_towers(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -389,6 +482,7 @@ def shared_embedding_towers(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -401,7 +495,7 @@ def shared_embedding_towers(
         cross_projection_dim,
     )
     outputs = _towers_and_heads(
-        [x] * len(tasks), tasks, tower_units, activation, dropout
+        [x] * len(tasks), tasks, tower_units, activation, dropout, dense
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
     return keras.Model(inputs, outputs, name=name)
@@ -419,6 +513,8 @@ def mmoe(
     expert_normalization=None,
     gate_normalization=None,
     tower_normalization=None,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -461,6 +557,7 @@ def mmoe(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     _check_normalization(
         "tower_normalization", tower_normalization, TOWER_NORMALIZATIONS
@@ -475,6 +572,7 @@ def mmoe(
         gate_normalization=gate_normalization,
         single_gate=single_gate,
         name="mmoe",
+        **dense,
     )
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -492,6 +590,7 @@ def mmoe(
         tower_units,
         activation,
         dropout,
+        dense,
         normalization=tower_normalization,
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
@@ -532,6 +631,8 @@ def ple(
     expert_normalization=None,
     gate_normalization=None,
     tower_normalization=None,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -576,6 +677,7 @@ def ple(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     if (
         isinstance(num_levels, bool)
@@ -601,6 +703,7 @@ def ple(
             expert_normalization=expert_normalization,
             gate_normalization=gate_normalization,
             name=f"ple_level_{level}",
+            **dense,
         )
         for level in range(num_levels)
     ]
@@ -623,6 +726,7 @@ def ple(
         tower_units,
         activation,
         dropout,
+        dense,
         normalization=tower_normalization,
     )
     outputs = _attach_kl_bounds(outputs, kl_bounds)
@@ -705,6 +809,8 @@ def esmm(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -730,10 +836,10 @@ def esmm(
             (labels `click` and `conversion`); see there.
         tower_units: list of int. Hidden layers of the CTR and CVR towers.
             Defaults to `(128, 64)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as
-            in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -755,6 +861,7 @@ def esmm(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     names = sorted(t.name for t in tasks)
     if names != sorted(ESMM_OUTPUTS) or any(t.kind != "binary" for t in tasks):
         raise ValueError(
@@ -773,6 +880,7 @@ def esmm(
             activation=activation,
             dropout=dropout,
             name="tower_ctr",
+            **dense,
         )
         if tower_units
         else None
@@ -783,12 +891,13 @@ def esmm(
             activation=activation,
             dropout=dropout,
             name="tower_cvr",
+            **dense,
         )
         if tower_units
         else None
     )
-    ctr_logit = keras.layers.Dense(1, dtype="float32", name="ctr_logit")
-    cvr_logit = keras.layers.Dense(1, dtype="float32", name="cvr_logit")
+    ctr_logit = _output_dense(1, None, "ctr_logit", dense)
+    cvr_logit = _output_dense(1, None, "cvr_logit", dense)
     head = ESMMHead(dtype="float32", name="esmm_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -818,6 +927,8 @@ def aitm(
     activation="relu",
     dropout=0.0,
     calibrator_weight=0.6,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -841,10 +952,10 @@ def aitm(
             `space` (every step is modelled on every impression).
         tower_units: list of int. Hidden layers of each tower; the last width
             is the transfer width. Defaults to `(128, 64)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as
-            in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
         calibrator_weight: float. Weight of the calibrator loss. Defaults to
             `0.6` (the paper's value).
         name: str. Model name.
@@ -866,6 +977,7 @@ def aitm(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     if not tower_units:
         raise ValueError(
             "`aitm` needs towers; `tower_units` sets the transfer width. "
@@ -883,12 +995,14 @@ def aitm(
             f"`space` from task(s) {spaced} (labels are 0 where the path "
             "stopped earlier)."
         )
-    towers = [tower(t, tower_units, activation, dropout) for t in tasks]
+    towers = [
+        tower(t, tower_units, activation, dropout, dense=dense) for t in tasks
+    ]
     transfers = [
-        AITMTransfer(tower_units[-1], name=f"transfer_{t.name}")
+        AITMTransfer(tower_units[-1], name=f"transfer_{t.name}", **dense)
         for t in tasks[1:]
     ]
-    heads = [task_head(t, name=f"head_{t.name}") for t in tasks]
+    heads = [task_head(t, name=f"head_{t.name}", dense=dense) for t in tasks]
     calibrators = [
         AITMCalibrator(weight=calibrator_weight, dtype="float32", name=t.name)
         for t in tasks[1:]
@@ -1194,8 +1308,9 @@ def check_builder_args(architecture, kwargs):
     """Refuses an unknown architecture or builder argument, naming it, and
     a bad interaction argument (`interaction`, `interaction_features`,
     `cross_layers`, `cross_projection_dim`), `expert_normalization`,
-    `gate_normalization` or `tower_normalization` value (the checks that need
-    no feature specs)."""
+    `gate_normalization` or `tower_normalization` value, and an initializer
+    or regularizer Keras cannot interpret (the checks that need no feature
+    specs)."""
     if architecture not in BUILDERS:
         raise ValueError(
             f"Unknown `architecture`. Received: architecture={architecture!r}"
@@ -1225,6 +1340,14 @@ def check_builder_args(architecture, kwargs):
         "tower_normalization",
     ):
         _check_normalization(name, kwargs.get(name), TOWER_NORMALIZATIONS)
+    dense_args(
+        kwargs.get("kernel_initializer", "glorot_uniform"),
+        kwargs.get("kernel_regularizer"),
+    )
+    if "embeddings_initializer" in kwargs:
+        _check_initializer(
+            "embeddings_initializer", kwargs["embeddings_initializer"]
+        )
 
 
 def build(architecture, features, tasks, **kwargs):

@@ -285,6 +285,47 @@ def test_mgda_with_one_trained_task_is_plain_training(make_problem):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)
+def test_kernel_regularizer_adds_its_gradient_to_every_kernel(
+    make_problem, weighting
+):
+    # One SGD step with an L2(l) penalty on the kernels moves each kernel by
+    # -lr * 2 * l * w0 more than the same step without it (plain Keras, the
+    # wrapper's single backward pass and its per-task gradient path).
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    l2, lr = 0.05, 0.1
+    keras.utils.set_random_seed(5)
+    start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
+    trained = {}
+    for penalty in (None, keras.regularizers.L2(l2)):
+        model = models.shared_bottom(
+            specs, tasks, bottom_units=[8], kernel_regularizer=penalty
+        )
+        model.set_weights(start)
+        kwargs = dict(optimizer="sgd", learning_rate=lr)
+        if weighting is None:
+            models.compile_model(
+                model, tasks, metrics={t.name: [] for t in tasks}, **kwargs
+            )
+            wrapper = model
+        else:
+            wrapper = _compile(model, tasks, weighting=weighting, **kwargs)
+        _fit(wrapper, arrays, batch_size=200)
+        trained[penalty is not None] = model
+    paths = [w.path for w in trained[True].weights]
+    assert sum("kernel" in p for p in paths) == 5  # bottom, 2 towers, 2 heads
+    for path, w0, a, b in zip(
+        paths,
+        start,
+        trained[True].get_weights(),
+        trained[False].get_weights(),
+    ):
+        shift = -lr * 2 * l2 * w0 if "kernel" in path else 0.0 * w0
+        np.testing.assert_allclose(a - b, shift, atol=2e-6, err_msg=path)
+
+
 def test_rlw_trains_on_random_weights_and_evaluates_on_fixed_ones(
     make_problem,
 ):
