@@ -367,33 +367,6 @@ def test_invalid_builder_arguments(architecture, kwargs, message):
         models.build(architecture, SPECS, TASKS, **kwargs)
 
 
-@pytest.mark.parametrize("architecture", sorted(BUILD_CASES), ids=str)
-def test_dense_args_reach_every_dense_kernel(architecture):
-    tasks = models.tasks_for(architecture, TASKS)
-    model = models.build(
-        architecture,
-        SPECS,
-        tasks,
-        kernel_initializer=keras.initializers.Constant(0.5),
-        kernel_regularizer=keras.regularizers.L2(1e-3),
-        embeddings_regularizer=keras.regularizers.L2(0.0),
-        **BUILD_CASES[architecture],
-    )
-    # After the input block every weight is a Dense kernel (experts, gates,
-    # bottom, towers, AITM's transfer, output layers) or a zero bias.
-    weights = [w for w in model.weights if not w.path.startswith("input_")]
-    kernels = [w for w in weights if "kernel" in w.path]
-    assert len(kernels) >= 4
-    for w in weights:
-        expected = 0.5 if "kernel" in w.path else 0.0
-        assert "kernel" in w.path or "bias" in w.path, w.path
-        np.testing.assert_array_equal(w.numpy(), expected, err_msg=w.path)
-    # Each kernel adds its L2 penalty, and nothing else is penalized.
-    penalty = sum(1e-3 * 0.25 * np.prod(w.shape) for w in kernels)
-    got = sum(float(keras.ops.convert_to_numpy(x)) for x in model.losses)
-    np.testing.assert_allclose(got, penalty, rtol=1e-5)
-
-
 def test_kernel_initializer_sees_the_fans_of_one_dense(tmp_path):
     # PyTorch's nn.Linear kernels: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with
     # the fan-in of one expert or gate, not of the stacked weight.

@@ -372,6 +372,12 @@ def test_seed_builders_are_registered():
         ("cross_stitch", dict(tower_units=[]), "tower_units"),
         ("soft_sharing", dict(penalty=-1.0), "`penalty`"),
         ("pairwise_ranker", dict(list_size=1), "`list_size`"),
+        ("dupn", dict(kernel_initializer="nope"), "`kernel_initializer`"),
+        (
+            "pairwise_ranker",
+            dict(kernel_regularizer="nope"),
+            "`kernel_regularizer`",
+        ),
     ],
     ids=[
         "esm2_tasks",
@@ -384,6 +390,8 @@ def test_seed_builders_are_registered():
         "cross_stitch_no_towers",
         "soft_sharing_penalty",
         "pairwise_list_size",
+        "dupn_kernel_initializer",
+        "pairwise_kernel_regularizer",
     ],
 )
 def test_invalid_builder_arguments(builder, kwargs, message):
@@ -447,6 +455,42 @@ def test_builders_pass_embedding_initializer_and_regularizer(builder):
         size += int(np.prod(table.shape))
     penalty = sum(float(_np(loss)) for loss in model.losses)
     np.testing.assert_allclose(penalty, 0.5 * 0.25**2 * size, rtol=1e-5)
+
+
+# Weights with their own initializer, outside `kernel_initializer`: the
+# LSTM's recurrent kernel (orthogonal) and bias (forget gate at 1), and the
+# cross-stitch units (identity).
+OWN_INITIALIZER = ("recurrent_kernel", "lstm_cell/bias", "alpha")
+
+
+@pytest.mark.parametrize("builder", sorted(EMBEDDING_CASES), ids=str)
+def test_builders_pass_kernel_initializer_and_regularizer(builder):
+    kwargs = dict(EMBEDDING_CASES[builder])
+    if builder != "pairwise_ranker":
+        kwargs.setdefault("tasks", models.tasks_for(builder, TASKS))
+    model = getattr(models, builder)(
+        SPECS,
+        kernel_initializer=keras.initializers.Constant(0.5),
+        kernel_regularizer=keras.regularizers.L2(1e-3),
+        **kwargs,
+    )
+    # Every kernel (bottom, experts, gates, towers, attention, LSTM input,
+    # transfer, output layers) starts at 0.5 and every bias at 0.
+    size = 0
+    for w in model.weights:
+        name = w.path.split("/")[-1]
+        if name == "embeddings" or w.path.endswith(OWN_INITIALIZER):
+            continue
+        if "bias" in name:
+            np.testing.assert_array_equal(_np(w), 0.0, err_msg=w.path)
+            continue
+        assert "kernel" in name, w.path
+        np.testing.assert_array_equal(_np(w), 0.5, err_msg=w.path)
+        size += int(np.prod(w.shape))
+    assert size > 0
+    # Each of them adds its L2 penalty, and nothing else is penalized.
+    penalty = sum(float(_np(loss)) for loss in model.losses)
+    np.testing.assert_allclose(penalty, 1e-3 * 0.5**2 * size, rtol=1e-5)
 
 
 def _input_block(model):

@@ -49,13 +49,17 @@ class AttentionPooling(keras.layers.Layer):
         kernel_initializer: str or `keras.initializers.Initializer`.
             Initializer of `W_h`, `W_q` and `v`. Defaults to
             `"glorot_uniform"`.
+        kernel_regularizer: str or `keras.regularizers.Regularizer`, or
+            `None`. Regularizer of `W_h`, `W_q` and `v`. Defaults to `None`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: the sequence `(batch, length, d)`, or a list
             `[sequence, query]` with a query of shape `(batch, d_q)`.
         mask: optional bool tensor `(batch, length)`; True at valid
-            positions. Defaults to every position valid.
+            positions (with `[sequence, query]`, Keras' list of the two
+            inputs' masks is accepted too: the sequence's is used).
+            Defaults to every position valid.
 
     Returns:
         A `(batch, d)` tensor; with `return_attention=True`, a tuple
@@ -83,6 +87,7 @@ class AttentionPooling(keras.layers.Layer):
         units=32,
         return_attention=False,
         kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +104,9 @@ class AttentionPooling(keras.layers.Layer):
         self.return_attention = return_attention
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
+        )
+        self.kernel_regularizer = _get_or_raise(
+            keras.regularizers.get, "kernel_regularizer", kernel_regularizer
         )
 
     @staticmethod
@@ -127,6 +135,7 @@ class AttentionPooling(keras.layers.Layer):
             name="sequence_kernel",
             shape=(sequence_shape[-1], self.units),
             initializer=_clone_initializer(self.kernel_initializer),
+            regularizer=self.kernel_regularizer,
         )
         self.query_kernel = None
         if query_shape is not None:
@@ -134,6 +143,7 @@ class AttentionPooling(keras.layers.Layer):
                 name="query_kernel",
                 shape=(query_shape[-1], self.units),
                 initializer=_clone_initializer(self.kernel_initializer),
+                regularizer=self.kernel_regularizer,
             )
         self.bias = self.add_weight(
             name="bias", shape=(self.units,), initializer="zeros"
@@ -142,6 +152,7 @@ class AttentionPooling(keras.layers.Layer):
             name="score_kernel",
             shape=(self.units, 1),
             initializer=_clone_initializer(self.kernel_initializer),
+            regularizer=self.kernel_regularizer,
         )
         self.built = True
 
@@ -157,6 +168,10 @@ class AttentionPooling(keras.layers.Layer):
         scores = ops.squeeze(
             ops.matmul(ops.tanh(hidden), self.score_kernel), axis=-1
         )
+        if isinstance(mask, (list, tuple)):
+            # Keras passes one mask per input for `[sequence, query]`; the
+            # query's is None.
+            mask = mask[0]
         if mask is None:
             mask = ops.ones(ops.shape(scores), dtype="bool")
         else:
@@ -186,6 +201,9 @@ class AttentionPooling(keras.layers.Layer):
                 "return_attention": self.return_attention,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
                 ),
             }
         )

@@ -47,6 +47,8 @@ class DUPNEncoder(keras.layers.Layer):
         kernel_initializer: str or `keras.initializers.Initializer`.
             Initializer of the attention kernels and the LSTM input kernel.
             Defaults to `"glorot_uniform"`.
+        kernel_regularizer: str or `keras.regularizers.Regularizer`, or
+            `None`. Regularizer of the same kernels. Defaults to `None`.
         embeddings_initializer: initializer of the embedding tables.
             Defaults to `"uniform"` (as `InputBlock`).
         embeddings_regularizer: optional regularizer of the embedding
@@ -87,6 +89,7 @@ class DUPNEncoder(keras.layers.Layer):
         lstm_units=32,
         attention_units=32,
         kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
         embeddings_initializer="uniform",
         embeddings_regularizer=None,
         **kwargs,
@@ -116,6 +119,9 @@ class DUPNEncoder(keras.layers.Layer):
         self.attention_units = attention_units
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
+        )
+        self.kernel_regularizer = _get_or_raise(
+            keras.regularizers.get, "kernel_regularizer", kernel_regularizer
         )
         self.embeddings_initializer, self.embeddings_regularizer = (
             resolve_embedding_args(
@@ -163,6 +169,7 @@ class DUPNEncoder(keras.layers.Layer):
             self.lstm_units,
             return_sequences=True,
             kernel_initializer=_clone_initializer(self.kernel_initializer),
+            kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype_policy,
             name="lstm",
         )
@@ -171,6 +178,7 @@ class DUPNEncoder(keras.layers.Layer):
             self.attention_units,
             return_attention=True,
             kernel_initializer=_clone_initializer(self.kernel_initializer),
+            kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -210,6 +218,9 @@ class DUPNEncoder(keras.layers.Layer):
                 "attention_units": self.attention_units,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
                 ),
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer

@@ -40,6 +40,8 @@ class ShallowTower(keras.layers.Layer):
         kernel_initializer: str or `keras.initializers.Initializer`.
             Initializer of every kernel (cloned per level). Defaults to
             `"glorot_uniform"`.
+        kernel_regularizer: str or `keras.regularizers.Regularizer`, or
+            `None`. Regularizer of every kernel. Defaults to `None`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -72,6 +74,7 @@ class ShallowTower(keras.layers.Layer):
         activation="relu",
         drop_rate=0.0,
         kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +104,9 @@ class ShallowTower(keras.layers.Layer):
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
         )
+        self.kernel_regularizer = _get_or_raise(
+            keras.regularizers.get, "kernel_regularizer", kernel_regularizer
+        )
         self.seed_generator = (
             keras.random.SeedGenerator() if self.drop_rate > 0 else None
         )
@@ -113,6 +119,7 @@ class ShallowTower(keras.layers.Layer):
                 self.units,
                 activation=self.activation,
                 kernel_initializer=_clone_initializer(self.kernel_initializer),
+                kernel_regularizer=self.kernel_regularizer,
                 dtype=self.dtype_policy,
                 name="hidden",
             )
@@ -121,6 +128,7 @@ class ShallowTower(keras.layers.Layer):
         self.output_dense = keras.layers.Dense(
             self.num_outputs,
             kernel_initializer=_clone_initializer(self.kernel_initializer),
+            kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype_policy,
             name="bias_logits",
         )
@@ -153,6 +161,9 @@ class ShallowTower(keras.layers.Layer):
                 "drop_rate": self.drop_rate,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
                 ),
             }
         )

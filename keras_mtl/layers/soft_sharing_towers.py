@@ -44,6 +44,9 @@ class SoftSharingTowers(keras.layers.Layer):
         kernel_initializer: str or `keras.initializers.Initializer`.
             Initializer of every tower's kernels (each tower separately).
             Biases start at zero. Defaults to `"glorot_uniform"`.
+        kernel_regularizer: str or `keras.regularizers.Regularizer`, or
+            `None`. Regularizer of every tower's kernels (on top of the
+            sharing penalty). Defaults to `None`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -77,6 +80,7 @@ class SoftSharingTowers(keras.layers.Layer):
         activation="relu",
         dropout=0.0,
         kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -119,6 +123,9 @@ class SoftSharingTowers(keras.layers.Layer):
         self.kernel_initializer = _get_or_raise(
             keras.initializers.get, "kernel_initializer", kernel_initializer
         )
+        self.kernel_regularizer = _get_or_raise(
+            keras.regularizers.get, "kernel_regularizer", kernel_regularizer
+        )
         self.seed_generator = (
             keras.random.SeedGenerator() if self.dropout > 0 else None
         )
@@ -153,6 +160,7 @@ class SoftSharingTowers(keras.layers.Layer):
                     initializer=_per_expert_initializer(
                         self.kernel_initializer
                     ),
+                    regularizer=self.kernel_regularizer,
                 )
             )
             self.biases.append(
@@ -211,6 +219,9 @@ class SoftSharingTowers(keras.layers.Layer):
                 "dropout": self.dropout,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
                 ),
             }
         )

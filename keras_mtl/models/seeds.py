@@ -35,6 +35,8 @@ from keras_mtl.layers.input_block import make_inputs
 from keras_mtl.models.zoo import _check_common
 from keras_mtl.models.zoo import _check_units
 from keras_mtl.models.zoo import _inputs_and_embedding
+from keras_mtl.models.zoo import _output_dense
+from keras_mtl.models.zoo import dense_args
 from keras_mtl.models.zoo import task_head
 from keras_mtl.models.zoo import tower
 from keras_mtl.task import Task
@@ -57,12 +59,13 @@ def _named_specs(features, names, arg):
     return [f for f in features if f.name in names]
 
 
-def _towers_to_heads(hidden, tasks, tower_units, activation, dropout):
+def _towers_to_heads(hidden, tasks, tower_units, activation, dropout, dense):
     """`{task: head(tower(h))}` for one hidden tensor per task."""
     outputs = {}
     for task, h in zip(tasks, hidden):
-        layer = tower(task, tower_units, activation, dropout)
-        outputs[task.name] = task_head(task)(layer(h) if layer else h)
+        layer = tower(task, tower_units, activation, dropout, dense=dense)
+        head = task_head(task, dense=dense)
+        outputs[task.name] = head(layer(h) if layer else h)
     return outputs
 
 
@@ -113,6 +116,8 @@ def esm2(
     tower_units=(128, 64),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -153,9 +158,10 @@ def esm2(
             `esm2_tasks()`.
         tower_units: list of int. Hidden layers of each of the four
             towers (may be empty). Defaults to `(128, 64)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -179,6 +185,7 @@ def esm2(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     names = {t.name for t in tasks}
     unknown = sorted(names - set(ESM2_PROBABILITIES))
     if unknown or not {"ctr", "ctavr", "ctcvr"} <= names:
@@ -208,15 +215,13 @@ def esm2(
             activation=activation,
             dropout=dropout,
             name=f"tower_{b}",
+            **dense,
         )
         if tower_units
         else None
         for b in branches
     }
-    logits = {
-        b: keras.layers.Dense(1, dtype="float32", name=f"{b}_logit")
-        for b in branches
-    }
+    logits = {b: _output_dense(1, None, f"{b}_logit", dense) for b in branches}
     head = ESM2Head(dtype="float32", name="esm2_head")
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -271,6 +276,8 @@ def dupn(
     tower_units=(32,),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     name="dupn",
@@ -323,8 +330,9 @@ def dupn(
             Defaults to `(64,)`.
         tower_units: list of int. Hidden layers of each task tower (may be
             empty). Defaults to `(32,)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer: as in
+            `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -347,6 +355,7 @@ def dupn(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     representation_units = _check_units(
         "representation_units", representation_units, allow_empty=True
     )
@@ -362,6 +371,7 @@ def dupn(
         lstm_units=lstm_units,
         attention_units=attention_units,
         embeddings_initializer=embeddings_initializer,
+        **dense,
         embeddings_regularizer=embeddings_regularizer,
         name="dupn_encoder",
     )
@@ -371,6 +381,7 @@ def dupn(
             activation=activation,
             dropout=dropout,
             name="representation",
+            **dense,
         )
         if representation_units
         else None
@@ -399,7 +410,7 @@ def dupn(
             [user_input, item_vector]
         )
     scores = _towers_to_heads(
-        [h] * len(tasks), tasks, tower_units, activation, dropout
+        [h] * len(tasks), tasks, tower_units, activation, dropout, dense
     )
     item_scorer = keras.Model(
         {**item_inputs, "user_representation": user_input},
@@ -443,6 +454,8 @@ def youtube_ranker(
     bias_dropout=0.1,
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -493,9 +506,10 @@ def youtube_ranker(
             linear). Defaults to `()`.
         bias_dropout: float in `[0, 1)`. Rate of dropping an example's bias
             while training. Defaults to `0.1`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
             Only the main model's features interact (its `InputBlock`),
             not the bias tower's.
         name: str. Model name.
@@ -521,6 +535,7 @@ def youtube_ranker(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     expert_units = _check_units("expert_units", expert_units)
     bias_units = _check_units("bias_units", bias_units, allow_empty=True)
     position_specs = _named_specs(
@@ -563,6 +578,7 @@ def youtube_ranker(
         expert_activation=activation,
         expert_dropout=dropout,
         name="mmoe",
+        **dense,
     )
     shallow = ShallowTower(
         num_outputs=len(bias_tasks),
@@ -570,6 +586,7 @@ def youtube_ranker(
         activation=activation,
         drop_rate=bias_dropout,
         name="shallow_tower",
+        **dense,
     )
     # Functional graph: the main model (all that is served).
     main_inputs = make_inputs(main_specs)
@@ -585,10 +602,11 @@ def youtube_ranker(
     )(main_inputs)
     main_logits = {}
     for task, h in zip(tasks, experts(x)):
-        layer = tower(task, tower_units, activation, dropout)
-        main_logits[task.name] = keras.layers.Dense(
-            task.output_dim, dtype="float32", name=f"logit_{task.name}"
-        )(layer(h) if layer else h)
+        layer = tower(task, tower_units, activation, dropout, dense=dense)
+        logit = _output_dense(
+            task.output_dim, None, f"logit_{task.name}", dense
+        )
+        main_logits[task.name] = logit(layer(h) if layer else h)
     main_model = keras.Model(main_inputs, main_logits, name="main_model")
     # Functional graph: the training model.
     inputs = make_inputs(features)
@@ -670,6 +688,8 @@ def cross_stitch(
     tower_units=(64, 32),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -692,9 +712,10 @@ def cross_stitch(
         tasks: list of at least two `keras_mtl.Task`.
         tower_units: list of int. Width of each level of every tower.
             Defaults to `(64, 32)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -713,6 +734,7 @@ def cross_stitch(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     _check_multi_task("cross_stitch", tasks)
     tower_units = _check_units("tower_units", tower_units)
     levels = [
@@ -722,6 +744,7 @@ def cross_stitch(
                 activation=activation,
                 dropout=dropout,
                 name=f"tower_{t.name}_{level}",
+                **dense,
             )
             for t in tasks
         ]
@@ -731,7 +754,7 @@ def cross_stitch(
         CrossStitch(name=f"cross_stitch_{level}")
         for level in range(len(tower_units))
     ]
-    heads = [task_head(t) for t in tasks]
+    heads = [task_head(t, dense=dense) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
         features,
@@ -756,6 +779,8 @@ def soft_sharing(
     penalty=1e-3,
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -779,9 +804,10 @@ def soft_sharing(
             `(64, 32)`.
         penalty: float `>= 0`. Weight of the L2 difference penalty.
             Defaults to `1e-3`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
         name: str. Model name.
 
     Returns:
@@ -800,6 +826,7 @@ def soft_sharing(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     _check_multi_task("soft_sharing", tasks)
     tower_units = _check_units("tower_units", tower_units)
     towers = SoftSharingTowers(
@@ -809,8 +836,9 @@ def soft_sharing(
         activation=activation,
         dropout=dropout,
         name="soft_sharing_towers",
+        **dense,
     )
-    heads = [task_head(t) for t in tasks]
+    heads = [task_head(t, dense=dense) for t in tasks]
     # Functional graph.
     inputs, x = _inputs_and_embedding(
         features,
@@ -837,6 +865,8 @@ def pairwise_ranker(
     tower_units=(64, 32),
     activation="relu",
     dropout=0.0,
+    kernel_initializer="glorot_uniform",
+    kernel_regularizer=None,
     embeddings_initializer="uniform",
     embeddings_regularizer=None,
     interaction=None,
@@ -864,9 +894,10 @@ def pairwise_ranker(
         list_size: int. Items per list. Defaults to `10`.
         tower_units: list of int. Hidden layers of the scorer. Defaults to
             `(64, 32)`.
-        activation, dropout, embeddings_initializer,
-            embeddings_regularizer, interaction, interaction_features,
-            cross_layers, cross_projection_dim: as in `shared_bottom`.
+        activation, dropout, kernel_initializer, kernel_regularizer,
+            embeddings_initializer, embeddings_regularizer, interaction,
+            interaction_features, cross_layers, cross_projection_dim: as in
+            `shared_bottom`.
             The features of one item interact, in the scorer.
         name: str. Model name.
 
@@ -903,10 +934,15 @@ def pairwise_ranker(
         raise ValueError(
             f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
         )
+    dense = dense_args(kernel_initializer, kernel_regularizer)
     hidden = MLP(
-        tower_units, activation=activation, dropout=dropout, name="hidden"
+        tower_units,
+        activation=activation,
+        dropout=dropout,
+        name="hidden",
+        **dense,
     )
-    score = keras.layers.Dense(1, dtype="float32", name="score")
+    score = _output_dense(1, None, "score", dense)
     # Functional graph: the pointwise scorer.
     item_inputs, x = _inputs_and_embedding(
         features,

@@ -93,8 +93,9 @@ def split_model(
             to `(64,)`.
         **builder_kwargs: arguments of the architecture's builder. `name`
             names the whole model (defaults to `"split_<architecture>"`);
-            `activation`, `embeddings_initializer` and `embeddings_regularizer`
-            also apply to the user tower.
+            `activation`, `kernel_initializer`, `kernel_regularizer`,
+            `embeddings_initializer` and `embeddings_regularizer` also apply
+            to the user tower.
 
     Returns:
         A functional `keras.Model` with a dict of outputs keyed by task,
@@ -136,6 +137,10 @@ def split_model(
         user_units,
         activation=builder_kwargs.get("activation", "relu"),
         name="user_mlp",
+        **zoo.dense_args(
+            builder_kwargs.get("kernel_initializer", "glorot_uniform"),
+            builder_kwargs.get("kernel_regularizer"),
+        ),
     )
     item_block = InputBlock(item_specs, name="item_input_block", **embeddings)
 

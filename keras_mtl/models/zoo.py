@@ -381,12 +381,14 @@ def shared_bottom(
 _EMBEDDINGS_ARGS = """
         kernel_initializer: str or `keras.initializers.Initializer`.
             Initializer of every Dense kernel after the input block (bottom,
-            experts, gates, towers, output layers), cloned per layer and
-            per expert and gate slice, so the fans are those of one Dense
-            and an unseeded initializer draws fresh values for each. Biases
-            start at zero. Defaults to `"glorot_uniform"` (Keras' `Dense`
-            default). PyTorch's `nn.Linear` kernels (torch-rechub's) are
-            `keras.initializers.VarianceScaling(1 / 3, "fan_in",
+            experts, gates, towers, attention and transfer layers, output
+            layers, an LSTM's input kernel), cloned per layer and per
+            expert and gate slice, so the fans are those of one Dense and an
+            unseeded initializer draws fresh values for each. Biases start
+            at zero; an LSTM's recurrent kernel and cross-stitch units keep
+            their own initializers. Defaults to `"glorot_uniform"` (Keras'
+            `Dense` default). PyTorch's `nn.Linear` kernels (torch-rechub's)
+            are `keras.initializers.VarianceScaling(1 / 3, "fan_in",
             "uniform")`.
         kernel_regularizer: optional regularizer of those kernels, e.g.
             `keras.regularizers.L2(1e-5)` (DeepCTR's `l2_reg_dnn`). Its

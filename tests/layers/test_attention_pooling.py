@@ -33,7 +33,11 @@ MASK = np.array(
 
 def test_config_round_trip():
     layer = AttentionPooling(
-        8, return_attention=True, kernel_initializer="ones", name="pool"
+        8,
+        return_attention=True,
+        kernel_initializer="ones",
+        kernel_regularizer="l2",
+        name="pool",
     )
     config = layer.get_config()
     assert AttentionPooling.from_config(config).get_config() == config
@@ -59,6 +63,23 @@ def test_symbolic_and_eager_call(with_query):
     pooled, weights = layer(eager_inputs, mask=MASK)
     assert _np(pooled).shape == (3, 2) and _np(weights).shape == (3, 4)
     assert (layer.query_kernel is not None) == with_query
+
+
+def test_query_call_takes_the_sequence_mask_keras_propagates():
+    # Keras hands a list input one mask per tensor: none at all here, and
+    # the embedding's padding mask (the query has none) in the model below.
+    layer = AttentionPooling(4, return_attention=True)
+    sequence, query = _sequence(), np.ones((3, 5), "float32")
+    _, unmasked = layer([sequence, query])
+    np.testing.assert_allclose(_np(unmasked).sum(axis=1), 1.0, rtol=1e-6)
+    ids = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(9, 2, mask_zero=True)(ids)
+    query_input = keras.Input((5,))
+    model = keras.Model([ids, query_input], layer([embedded, query_input]))
+    padded = np.array([[3, 4, 0, 0], [1, 2, 3, 4], [5, 0, 0, 0]], "int32")
+    _, weights = model.predict([padded, query], verbose=0)
+    np.testing.assert_array_equal(weights == 0.0, padded == 0)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_weights_sum_to_one_over_valid_positions_and_zero_on_padding():
@@ -151,8 +172,15 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"units": 2.5}, "units"),
         ({"return_attention": 1}, "return_attention"),
         ({"kernel_initializer": "nope"}, "kernel_initializer"),
+        ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
     ],
-    ids=["zero_units", "float_units", "int_flag", "unknown_initializer"],
+    ids=[
+        "zero_units",
+        "float_units",
+        "int_flag",
+        "unknown_initializer",
+        "unknown_regularizer",
+    ],
 )
 def test_invalid_arguments(kwargs, name):
     arguments = {"units": 4}
@@ -180,3 +208,18 @@ def test_keras_save_and_load(tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(data, verbose=0), model.predict(data, verbose=0)
     )
+
+
+def test_kernel_regularizer_penalizes_w_h_w_q_and_v():
+    layer = AttentionPooling(4, kernel_regularizer=keras.regularizers.L2(0.1))
+    layer([_sequence(), np.ones((3, 5), "float32")])
+    kernels = [
+        w
+        for w in layer.weights
+        if w.path.split("/")[-1]
+        in ("sequence_kernel", "query_kernel", "score_kernel")
+    ]
+    assert len(kernels) == 3
+    expected = sum(0.1 * np.sum(np.square(w.numpy())) for w in kernels)
+    got = sum(float(_np(loss)) for loss in layer.losses)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -75,6 +75,7 @@ def test_config_round_trip():
         lstm_units=6,
         attention_units=5,
         kernel_initializer="he_uniform",
+        kernel_regularizer="l2",
         embeddings_initializer="random_normal",
         embeddings_regularizer="l2",
         name="encoder",
@@ -191,6 +192,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"lstm_units": 0}, "lstm_units"),
         ({"attention_units": -1}, "attention_units"),
         ({"kernel_initializer": "nope"}, "kernel_initializer"),
+        ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
         ({"embeddings_regularizer": "nope"}, "embeddings_regularizer"),
         ({"embeddings_initializer": "nope"}, "embeddings_initializer"),
     ],
@@ -200,6 +202,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         "zero_lstm_units",
         "negative_attention_units",
         "unknown_initializer",
+        "unknown_kernel_regularizer",
         "unknown_regularizer",
         "unknown_embeddings_initializer",
     ],
@@ -221,3 +224,23 @@ def test_keras_save_and_load(tmp_path):
     assert isinstance(loaded.get_layer("encoder"), DUPNEncoder)
     # Inference calls: `predict` would trace both models.
     np.testing.assert_array_equal(_np(loaded(_batch())), _np(model(_batch())))
+
+
+def test_kernel_regularizer_penalizes_the_lstm_input_and_attention_kernels():
+    layer = DUPNEncoder(
+        SPECS,
+        "hist",
+        lstm_units=6,
+        kernel_regularizer=keras.regularizers.L2(0.1),
+    )
+    layer(_batch())
+    kernels = [
+        w
+        for w in layer.weights
+        if w.path.split("/")[-1]
+        in ("kernel", "sequence_kernel", "query_kernel", "score_kernel")
+    ]
+    assert len(kernels) == 4
+    expected = sum(0.1 * np.sum(np.square(w.numpy())) for w in kernels)
+    got = sum(float(_np(loss)) for loss in layer.losses)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -32,6 +32,7 @@ def test_config_round_trip():
         activation="tanh",
         drop_rate=0.1,
         kernel_initializer="he_uniform",
+        kernel_regularizer="l2",
         name="bias",
     )
     config = layer.get_config()
@@ -104,6 +105,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"drop_rate": 1.0}, "drop_rate"),
         ({"activation": "nope"}, "activation"),
         ({"kernel_initializer": "nope"}, "kernel_initializer"),
+        ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
     ],
     ids=[
         "zero_outputs",
@@ -113,6 +115,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         "drop_one",
         "unknown_activation",
         "unknown_initializer",
+        "unknown_regularizer",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -131,3 +134,15 @@ def test_keras_save_and_load(tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(_x(), verbose=0), model.predict(_x(), verbose=0)
     )
+
+
+def test_kernel_regularizer_penalizes_the_hidden_and_output_kernels():
+    layer = ShallowTower(
+        num_outputs=2, units=[3], kernel_regularizer=keras.regularizers.L2(0.1)
+    )
+    layer(_x())
+    kernels = [w for w in layer.weights if w.path.split("/")[-1] in ("kernel",)]
+    assert len(kernels) == 2
+    expected = sum(0.1 * np.sum(np.square(w.numpy())) for w in kernels)
+    got = sum(float(_np(loss)) for loss in layer.losses)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

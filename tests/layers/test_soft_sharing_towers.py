@@ -44,6 +44,7 @@ def test_config_round_trip():
         activation="tanh",
         dropout=0.1,
         kernel_initializer="he_uniform",
+        kernel_regularizer="l2",
         name="soft",
     )
     config = layer.get_config()
@@ -168,6 +169,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         ({"penalty": float("inf")}, "penalty"),
         ({"dropout": 1.0}, "dropout"),
         ({"activation": "nope"}, "activation"),
+        ({"kernel_regularizer": "nope"}, "kernel_regularizer"),
     ],
     ids=[
         "empty_units",
@@ -178,6 +180,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         "inf_penalty",
         "dropout_one",
         "unknown_activation",
+        "unknown_regularizer",
     ],
 )
 def test_invalid_arguments(kwargs, name):
@@ -199,3 +202,19 @@ def test_keras_save_and_load(tmp_path):
     actual = loaded.predict(_x(), verbose=0)
     for key in ("a", "b"):
         np.testing.assert_array_equal(actual[key], expected[key])
+
+
+def test_kernel_regularizer_penalizes_every_level():
+    layer = SoftSharingTowers(
+        [4, 2], 3, penalty=0.0, kernel_regularizer=keras.regularizers.L2(0.1)
+    )
+    layer(_x())  # no sharing penalty outside training
+    kernels = [
+        w
+        for w in layer.weights
+        if w.path.split("/")[-1] in ("kernel_0", "kernel_1")
+    ]
+    assert len(kernels) == 2
+    expected = sum(0.1 * np.sum(np.square(w.numpy())) for w in kernels)
+    got = sum(float(_np(loss)) for loss in layer.losses)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
