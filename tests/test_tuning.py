@@ -225,6 +225,62 @@ def test_normalizations_are_searched_with_none(funnel):
     ]
 
 
+def test_l2_strengths_are_searched_as_regularizer_configs(funnel):
+    _, specs, tasks = funnel
+    hypermodel = tuning.MultiTaskHyperModel(
+        specs,
+        tasks,
+        search_space={
+            "architecture": ["shared_bottom", "esmm"],
+            "kernel_l2": {"values": [0.0, 1e-4], "default": 1e-4},
+            "embeddings_l2": {"min": 1e-6, "max": 1e-3, "sampling": "log"},
+        },
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("embeddings_l2", 1e-5)
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs == {
+        "kernel_regularizer": {"class_name": "L2", "config": {"l2": 1e-4}},
+        "embeddings_regularizer": {"class_name": "L2", "config": {"l2": 1e-5}},
+    }
+    json.dumps(kwargs)  # the best trial's run config is plain JSON
+    model = hypermodel.build(hp).model
+    assert model.get_layer("bottom").kernel_regularizer.get_config() == {
+        "l2": 1e-4
+    }
+    # Every Dense kernel and every table adds its penalty to the loss.
+    expected = sum(
+        (1e-4 if "kernel" in w.path else 1e-5) * np.sum(np.square(w.numpy()))
+        for w in model.trainable_weights
+        if "kernel" in w.path or "embeddings" in w.path
+    )
+    got = sum(float(keras.ops.convert_to_numpy(x)) for x in model.losses)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("kernel_l2", 0.0)
+    _, kwargs, *_ = hypermodel.declare(hp)
+    assert kwargs["kernel_regularizer"] is None
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"kernel_l2": [-1e-4]}, "`search_space.kernel_l2` values must be"),
+        (
+            {"embeddings_l2": [1e-5], "embeddings_regularizer": ["l2"]},
+            "sets `embeddings_regularizer` twice",
+        ),
+    ],
+    ids=["negative", "twice"],
+)
+def test_l2_strengths_refuse_bad_spaces(funnel, space, message):
+    _, specs, tasks = funnel
+    with pytest.raises(ValueError, match=message):
+        tuning.MultiTaskHyperModel(
+            specs, tasks, search_space={"architecture": ["mmoe"], **space}
+        )
+
+
 def test_loss_weights_and_esmm_routing(funnel):
     _, specs, tasks = funnel
     space = {

@@ -26,6 +26,13 @@ Keys:
   (`"none"`, `"batch"` or `"layer"`): the builders' arguments of those
   names, with `"none"` standing for `None`, which KerasTuner's `Choice`
   cannot hold. Declared like any builder argument.
+- `kernel_l2` and `embeddings_l2` (floats >= 0): the strength of an L2
+  penalty on the Dense kernels (`kernel_regularizer`) and on the embedding
+  tables (`embeddings_regularizer`); 0 is none. Declared like a builder
+  argument, and handed to the builder as the regularizer's Keras config
+  (`{"class_name": "L2", "config": {"l2": v}}`), so the best trial's run
+  config stays plain JSON. Searching one next to the regularizer argument
+  it sets is refused.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
   (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `mgda`).
@@ -98,6 +105,11 @@ _NONE_SPELLED = {
     "gate_normalization": ("batch", "layer"),
     "tower_normalization": ("batch", "layer"),
 }
+# Search keys that set an L2 penalty's strength, and the builder argument.
+_L2_KEYS = {
+    "kernel_l2": "kernel_regularizer",
+    "embeddings_l2": "embeddings_regularizer",
+}
 _RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
 # Arguments a builder forwards (**kwargs) but refuses.
 _REFUSED = {("cgc", "num_levels"), ("omoe", "single_gate")}
@@ -111,7 +123,15 @@ def _strategies():
     return tuple(training.STRATEGIES)
 
 
+def _l2_config(value):
+    """The Keras config of `L2(value)`, or None for 0."""
+    if not value:
+        return None
+    return {"class_name": "L2", "config": {"l2": float(value)}}
+
+
 def _accepts(architecture, arg):
+    arg = _L2_KEYS.get(arg, arg)
     if (architecture, arg) in _REFUSED or arg in _NOT_SEARCHABLE:
         return False
     try:
@@ -172,9 +192,12 @@ def _key_kind(key):
     builder arguments)."""
     if key in ("architecture", "weighting"):
         return "str"
-    if key in ("learning_rate", "dropout", "loss_weight") or key.startswith(
-        "loss_weight_"
-    ):
+    if key in (
+        "learning_rate",
+        "dropout",
+        "loss_weight",
+        *_L2_KEYS,
+    ) or key.startswith("loss_weight_"):
         return "float"
     if key in _INT_KEYS or key == "num_levels":
         return "int"
@@ -199,7 +222,7 @@ def _check_value(key, kind, value):
                 "`search_space.learning_rate` values must be positive. "
                 f"Received: {value!r}"
             )
-        if key.startswith("loss_weight") and value < 0:
+        if (key.startswith("loss_weight") or key in _L2_KEYS) and value < 0:
             raise ValueError(
                 f"`search_space.{key}` values must be >= 0. Received: {value!r}"
             )
@@ -409,6 +432,12 @@ def check_search_space(search_space=None):
                 f"Unknown `search_space` key '{key}': no searched "
                 f"architecture ({archs}) takes it"
                 + (f"; it applies to {takers}." if takers else ".")
+            )
+    for key, argument in _L2_KEYS.items():
+        if key in space and argument in space:
+            raise ValueError(
+                f"`search_space` sets `{argument}` twice: give `{key}` (the "
+                f"L2 strength) or `{argument}`, not both."
             )
     for key in ("cross_layers", "cross_projection_dim"):
         interaction = space.get("interaction")
@@ -764,6 +793,8 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                     value = parse_units(value, key)
                 elif _key_kind(key) == "none_spelled" and value == "none":
                     value = None
+                if key in _L2_KEYS:
+                    key, value = _L2_KEYS[key], _l2_config(value)
                 kwargs[key] = value
         learning_rate = None
         if "learning_rate" in self.space:
