@@ -436,16 +436,20 @@ def test_embedding_cases_cover_every_builder():
     }
 
 
-@pytest.mark.parametrize("builder", sorted(EMBEDDING_CASES), ids=str)
-def test_builders_pass_embedding_initializer_and_regularizer(builder):
+def _build_case(builder, **arguments):
+    """`builder` on its `EMBEDDING_CASES` arguments plus `arguments`."""
     kwargs = dict(EMBEDDING_CASES[builder])
     if builder != "pairwise_ranker":
         kwargs.setdefault("tasks", models.tasks_for(builder, TASKS))
-    model = getattr(models, builder)(
-        SPECS,
+    return getattr(models, builder)(SPECS, **arguments, **kwargs)
+
+
+@pytest.mark.parametrize("builder", sorted(EMBEDDING_CASES), ids=str)
+def test_builders_pass_embedding_initializer_and_regularizer(builder):
+    model = _build_case(
+        builder,
         embeddings_initializer=keras.initializers.Constant(0.25),
         embeddings_regularizer=keras.regularizers.L2(0.5),
-        **kwargs,
     )
     tables = [w for w in model.weights if w.name == "embeddings"]
     assert tables, "no embedding table found"
@@ -465,14 +469,10 @@ OWN_INITIALIZER = ("recurrent_kernel", "lstm_cell/bias", "alpha")
 
 @pytest.mark.parametrize("builder", sorted(EMBEDDING_CASES), ids=str)
 def test_builders_pass_kernel_initializer_and_regularizer(builder):
-    kwargs = dict(EMBEDDING_CASES[builder])
-    if builder != "pairwise_ranker":
-        kwargs.setdefault("tasks", models.tasks_for(builder, TASKS))
-    model = getattr(models, builder)(
-        SPECS,
+    model = _build_case(
+        builder,
         kernel_initializer=keras.initializers.Constant(0.5),
         kernel_regularizer=keras.regularizers.L2(1e-3),
-        **kwargs,
     )
     # Every kernel (bottom, experts, gates, towers, attention, LSTM input,
     # transfer, output layers) starts at 0.5 and every bias at 0.
