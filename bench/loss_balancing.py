@@ -16,7 +16,8 @@ shuffling; the data splits are fixed).
   mean of the click and conversion AUCs.
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
-`mgda`, `rlw` (`keras_mtl.training.compile`), and the two baselines from
+`mgda`, `rlw`, `cagrad` (c 0.5) (`keras_mtl.training.compile`), and the two
+baselines from
 the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
@@ -62,6 +63,7 @@ STRATEGIES = (
     "pcgrad",
     "mgda",
     "rlw",
+    "cagrad",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -564,10 +566,12 @@ def write_report(records, args, command):
         "(Kendall's regression form), i.e. at half its fixed weight from "
         "the first step.",
         "- GradNorm's weights move by at most about 0.025 a step and sum to "
-        "the number of tasks; PCGrad and MGDA keep the fixed weights and "
-        "change only the direction of the shared-parameter update (MGDA's "
-        "per-step convex weights of the task gradients are logged as "
-        "`<task>_mgda_alpha`, not listed above); RLW draws new weights "
+        "the number of tasks; PCGrad, MGDA and CAGrad keep the fixed weights "
+        "and change only the direction of the shared-parameter update "
+        "(MGDA's and CAGrad's per-step convex weights of the task gradients "
+        "are logged as `<task>_mgda_alpha` and `<task>_cagrad_weight`, not "
+        "listed above; CAGrad runs with its default c = 0.5); RLW draws new "
+        "weights "
         "every step and lists the fixed weights, their expectation.",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "

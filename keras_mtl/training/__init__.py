@@ -3,7 +3,8 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`; per-task
+  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`;
+  per-task
   learning-rate multipliers; inverse propensity weighting of a task's loss
   by another task's prediction (`propensity=`, ESCM²'s counterfactual CVR
   loss); task weights logged every epoch (`TaskWeightLogger`).
@@ -31,6 +32,7 @@ from keras_mtl.training.multitask_model import MultiTaskModel
 from keras_mtl.training.multitask_model import check_propensity
 from keras_mtl.training.multitask_model import compile
 from keras_mtl.training.weighting import STRATEGIES
+from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
@@ -39,6 +41,7 @@ from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
 from keras_mtl.training.weighting import WeightingStrategy
+from keras_mtl.training.weighting import cagrad_direction
 from keras_mtl.training.weighting import dwa_weights
 from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
@@ -48,6 +51,7 @@ from keras_mtl.training.weighting import uncertainty_loss
 
 __all__ = [
     "STRATEGIES",
+    "CAGradWeighting",
     "DWAWeighting",
     "FixedWeighting",
     "GateDiagnostics",
@@ -61,6 +65,7 @@ __all__ = [
     "TaskWeightLogger",
     "UncertaintyWeighting",
     "WeightingStrategy",
+    "cagrad_direction",
     "category_ids",
     "check_propensity",
     "compile",

@@ -20,14 +20,17 @@ it) into the objective the optimizer descends:
 - `MGDAWeighting`: the shared variables move along the minimum-norm convex
   combination of the task gradients, a common descent direction (Sener and
   Koltun, 2018).
+- `CAGradWeighting`: the shared variables move along the direction, within
+  a ball around the summed gradient, that most improves the worst task
+  (conflict-averse gradient descent, Liu et al., 2021).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`mgda_weights` and `gradnorm_gradient` implement the published formulas
-with `keras.ops` and run on every backend; GradNorm, PCGrad and MGDA
-additionally need per-task gradients, which `MultiTaskModel` computes on the
-TensorFlow backend.
+`mgda_weights`, `cagrad_direction` and `gradnorm_gradient` implement the
+published formulas with `keras.ops` and run on every backend; GradNorm,
+PCGrad, MGDA and CAGrad additionally need per-task gradients, which
+`MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -46,9 +49,10 @@ STRATEGIES = (
     "rlw",
     "pcgrad",
     "mgda",
+    "cagrad",
 )
 # Gradient-based strategies need one backward pass per task.
-TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda")
+TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda", "cagrad")
 _EPSILON = 1e-12
 
 
@@ -253,12 +257,7 @@ def mgda_weights(grads, iterations=50):
         Sener and Koltun, "Multi-Task Learning as Multi-Objective
         Optimization", NeurIPS 2018. https://arxiv.org/abs/1810.04650
     """
-    grads = ops.convert_to_tensor(grads)
-    if len(grads.shape) != 2 or grads.shape[0] is None:
-        raise ValueError(
-            "`grads` must be a 2-D tensor (num_tasks, dim) with a known "
-            f"number of tasks. Received shape {grads.shape}"
-        )
+    grads = _check_task_grads(grads)
     _check_iterations(iterations)
     num_tasks = grads.shape[0]
     gram = ops.matmul(grads, ops.transpose(grads))
@@ -290,6 +289,107 @@ def mgda_weights(grads, iterations=50):
         gamma = ops.where(slope > 0, gamma, ops.zeros_like(gamma))
         alpha = alpha + gamma * (e_t - e_s)
     return ops.maximum(alpha, 0.0)
+
+
+def _check_task_grads(grads):
+    grads = ops.convert_to_tensor(grads)
+    if len(grads.shape) != 2 or grads.shape[0] is None:
+        raise ValueError(
+            "`grads` must be a 2-D tensor (num_tasks, dim) with a known "
+            f"number of tasks. Received shape {grads.shape}"
+        )
+    return grads
+
+
+def _cagrad_step(w, gram, g0_gram, radius):
+    """One pairwise Frank-Wolfe step of CAGrad's inner problem, with an
+    exact line search (see `cagrad_direction`)."""
+    num_tasks = w.shape[0]
+    gram_w = ops.matmul(gram, w)
+    norm_w = ops.sqrt(ops.maximum(ops.sum(w * gram_w), _EPSILON))
+    slope = g0_gram + radius * gram_w / norm_w  # gradient of F at w
+    t = ops.argmin(slope)
+    s = ops.argmax(ops.where(w > 0, slope, -np.inf))
+    delta = ops.one_hot(t, num_tasks, dtype=w.dtype) - ops.one_hot(
+        s, num_tasks, dtype=w.dtype
+    )
+    # F(w + gamma delta) = const + b gamma + radius sqrt(p + 2 q gamma +
+    # r gamma^2), convex in gamma; minimize it over [0, w_s].
+    b = ops.sum(delta * g0_gram)
+    p = ops.sum(w * gram_w)
+    q = ops.sum(delta * gram_w)
+    r = ops.sum(delta * ops.matmul(gram, delta))
+    limit = ops.take(w, s)
+    # Where the slope keeps one sign (radius sqrt(r) <= |b|, or a flat
+    # direction), the minimum is an end of the segment.
+    end = ops.where(b < 0, limit, ops.zeros_like(limit))
+    beta = -b / ops.maximum(radius, _EPSILON)
+    room = r - beta * beta
+    interior = (r > _EPSILON) & (room > _EPSILON) & (radius > 0)
+    safe_r = ops.maximum(r, _EPSILON)
+    u = ops.sign(beta) * ops.sqrt(
+        beta
+        * beta
+        * ops.maximum(p * r - q * q, 0.0)
+        / ops.maximum(room, _EPSILON)
+    )
+    gamma = ops.where(interior, (u - q) / safe_r, end)
+    gamma = ops.clip(gamma, 0.0, limit)
+    return w + gamma * delta
+
+
+def cagrad_direction(grads, c=0.5, iterations=50):
+    """CAGrad's update direction from the task gradients.
+
+    With `g_0 = sum_k g_k` and `g_w = sum_k w_k g_k`, the weights `w` on the
+    simplex minimize `F(w) = g_w . g_0 + c |g_0| |g_w|` (the dual of
+    maximizing the worst task's improvement `min_k g_k . d` over the ball
+    `|d - g_0| <= c |g_0|`), and the direction is
+    `d = (g_0 + c |g_0| g_w / |g_w|) / (1 + c^2)`. `c = 0` gives `g_0`, the
+    gradient of the summed losses; a larger `c` trades the average
+    improvement for the worst task's. `F` is convex and is minimized on the
+    Gram matrix `G G^T` from uniform weights with pairwise Frank-Wolfe
+    steps and an exact line search (the 1-D problem has a closed form).
+    The original code and LibMTL average the task gradients instead of
+    summing them, which gives the same `w` and a `d` smaller by the number
+    of tasks.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        c: float >= 0. Radius of the ball, relative to `|g_0|`. Defaults to
+            `0.5` (the paper's and LibMTL's default).
+        iterations: int. Solver steps. Defaults to `50`.
+
+    Returns:
+        A tuple `(direction, weights)`: the `(dim,)` update direction and
+        the `(num_tasks,)` weights `w`.
+
+    Example:
+
+    >>> d, w = keras_mtl.training.cagrad_direction([[1.0, 0.0], [0.0, 2.0]])
+
+    References:
+        Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+        Learning", NeurIPS 2021. https://arxiv.org/abs/2110.14048
+    """
+    grads = _check_task_grads(grads)
+    c = _check_positive("c", c, allow_zero=True)
+    _check_iterations(iterations)
+    num_tasks = grads.shape[0]
+    gram = ops.matmul(grads, ops.transpose(grads))
+    g0_gram = ops.sum(gram, axis=1)  # g_k . g_0
+    g0_norm = ops.sqrt(ops.maximum(ops.sum(g0_gram), 0.0))
+    radius = c * g0_norm
+    w = ops.full((num_tasks,), 1.0 / num_tasks, dtype=grads.dtype)
+    if num_tasks > 1:
+        for _ in range(iterations):
+            w = _cagrad_step(w, gram, g0_gram, radius)
+        w = ops.maximum(w, 0.0)
+    g_w = ops.matmul(ops.expand_dims(w, 0), grads)[0]
+    g_w_norm = ops.sqrt(ops.sum(g_w * g_w))
+    g0 = ops.sum(grads, axis=0)
+    scale = radius / (g_w_norm + 1e-8)
+    return (g0 + scale * g_w) / (1.0 + c * c), w
 
 
 def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
@@ -971,8 +1071,48 @@ class PCGradWeighting(WeightingStrategy):
         return config
 
 
+class _SolvedWeighting(WeightingStrategy):
+    """A strategy whose shared-variable direction comes from weights solved
+    per step (`combine_shared` returns the direction and the weights of the
+    active tasks); the last step's weights are logged per epoch as
+    `<task>_<log_name>`."""
+
+    needs_task_gradients = True
+    log_name = None
+
+    def create_state(self, num_tasks):
+        self.alpha = self.add_weight(
+            name="alpha",
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def solve(self, flat):  # pragma: no cover - interface
+        """`(direction (dim,), weights (num_active,))` from `flat`."""
+        raise NotImplementedError
+
+    def combine_shared(self, flat):
+        direction, weights = self.solve(flat)
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        index = ops.convert_to_tensor([[i] for i in active], "int32")
+        self.alpha.assign(ops.scatter(index, weights, (self.num_tasks,)))
+        return direction
+
+    def task_gradients(self, context):
+        return _shared_surgery_gradients(self, context)
+
+    def extra_logs(self):
+        alpha = np.asarray(self.alpha)
+        return {
+            f"{name}_{self.log_name}": float(alpha[k])
+            for k, name in enumerate(self.task_names)
+            if self.active[k]
+        }
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class MGDAWeighting(WeightingStrategy):
+class MGDAWeighting(_SolvedWeighting):
     """MGDA: shared variables follow the min-norm combination of task
     gradients.
 
@@ -1001,41 +1141,68 @@ class MGDAWeighting(WeightingStrategy):
     """
 
     strategy_name = "mgda"
-    needs_task_gradients = True
+    log_name = "mgda_alpha"
 
     def __init__(self, iterations=50, **kwargs):
         super().__init__(**kwargs)
         self.iterations = _check_iterations(iterations)
 
-    def create_state(self, num_tasks):
-        self.alpha = self.add_weight(
-            name="alpha",
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-        )
-
-    def combine_shared(self, flat):
+    def solve(self, flat):
         alpha = mgda_weights(flat, self.iterations)
-        active = [i for i, a in enumerate(self.active) if a > 0]
-        index = ops.convert_to_tensor([[i] for i in active], "int32")
-        self.alpha.assign(ops.scatter(index, alpha, (self.num_tasks,)))
-        return ops.matmul(ops.expand_dims(alpha, 0), flat)[0]
-
-    def task_gradients(self, context):
-        return _shared_surgery_gradients(self, context)
-
-    def extra_logs(self):
-        alpha = np.asarray(self.alpha)
-        return {
-            f"{name}_mgda_alpha": float(alpha[k])
-            for k, name in enumerate(self.task_names)
-            if self.active[k]
-        }
+        return ops.matmul(ops.expand_dims(alpha, 0), flat)[0], alpha
 
     def get_config(self):
         config = super().get_config()
         config.update({"iterations": self.iterations})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class CAGradWeighting(_SolvedWeighting):
+    """CAGrad: shared variables follow the conflict-averse direction.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables the update direction is `cagrad_direction(g, c)`: within the
+    ball of radius `c |g_0|` around the summed gradient `g_0`, the direction
+    that most improves the worst task, rescaled by `1 / (1 + c^2)`.
+    `c = 0` trains exactly like fixed weights; as `c` grows the direction
+    leans toward MGDA's common descent direction. Task-specific variables
+    (towers, heads) get their own task's gradient, and auxiliary losses
+    are added unchanged, as in `PCGradWeighting`. The last step's weights
+    `w` are logged per epoch as `<task>_cagrad_weight`. Needs the
+    TensorFlow backend (one backward pass per task).
+
+    Args:
+        c: float >= 0. Radius of the ball relative to `|g_0|`. Defaults to
+            `0.5`.
+        iterations: int. Steps of the inner solver per training step.
+            Defaults to `50`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting={"name": "cagrad", "c": 0.4})
+
+    References:
+        Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+        Learning", NeurIPS 2021. https://arxiv.org/abs/2110.14048
+    """
+
+    strategy_name = "cagrad"
+    log_name = "cagrad_weight"
+
+    def __init__(self, c=0.5, iterations=50, **kwargs):
+        super().__init__(**kwargs)
+        self.c = _check_positive("c", c, allow_zero=True)
+        self.iterations = _check_iterations(iterations)
+
+    def solve(self, flat):
+        return cagrad_direction(flat, self.c, self.iterations)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"c": self.c, "iterations": self.iterations})
         return config
 
 
@@ -1047,6 +1214,7 @@ _CLASSES = {
     "rlw": RLWWeighting,
     "pcgrad": PCGradWeighting,
     "mgda": MGDAWeighting,
+    "cagrad": CAGradWeighting,
 }
 
 
@@ -1055,7 +1223,7 @@ def get(identifier):
 
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`; a mapping
+            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

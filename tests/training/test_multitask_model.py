@@ -265,6 +265,41 @@ def test_mgda_step_moves_shared_variables_along_the_min_norm_gradient(
     np.testing.assert_allclose(history.history["t1_mgda_alpha"], [1 - a0], 1e-4)
 
 
+def test_cagrad_step_moves_shared_variables_along_its_direction(
+    make_problem,
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    direction, w = training.cagrad_direction(np.stack(flat), c=0.5)
+    wrapper = _compile(
+        model, tasks, weighting="cagrad", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    _assert_one_sgd_step(
+        model, start, per_task, shared, keras.ops.convert_to_numpy(direction)
+    )
+    logged = [history.history[f"t{k}_cagrad_weight"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, keras.ops.convert_to_numpy(w), 1e-4)
+
+
+def test_cagrad_without_radius_trains_like_fixed_weights(make_problem):
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    keras.utils.set_random_seed(6)
+    start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
+    trained = {}
+    for weighting in ("fixed", {"name": "cagrad", "c": 0.0}):
+        model = models.shared_bottom(specs, tasks, bottom_units=[8])
+        model.set_weights(start)
+        wrapper = _compile(model, tasks, weighting=weighting, optimizer="sgd")
+        _fit(wrapper, arrays)
+        trained[str(weighting)] = model.get_weights()
+    for a, b in zip(*trained.values()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_mgda_with_one_trained_task_is_plain_training(make_problem):
     specs, tasks, arrays = make_problem(
         200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]

@@ -17,8 +17,17 @@ from keras_mtl import training
         {"name": "gradnorm", "alpha": 0.5},
         {"name": "mgda", "iterations": 20},
         {"name": "rlw", "seed": 1},
+        {"name": "cagrad", "c": 0.4},
     ],
-    ids=["fixed", "uncertainty", "pcgrad", "gradnorm_mapping", "mgda", "rlw"],
+    ids=[
+        "fixed",
+        "uncertainty",
+        "pcgrad",
+        "gradnorm_mapping",
+        "mgda",
+        "rlw",
+        "cagrad",
+    ],
 )
 def test_resolve_config_accepts_strategies(weighting):
     config = runner.resolve_config({"training": {"weighting": weighting}})
@@ -32,10 +41,18 @@ def test_resolve_config_accepts_strategies(weighting):
         ("magic", "Unknown `weighting` strategy"),
         ({"name": "dwa", "temperature": -1}, "`temperature` must be"),
         ({"name": "mgda", "iterations": 0}, "`iterations` must be"),
+        ({"name": "cagrad", "c": -1}, "`c` must be"),
         ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
         (3, "must be a strategy name"),
     ],
-    ids=["unknown", "bad_argument", "mgda_iterations", "no_name", "not_a_name"],
+    ids=[
+        "unknown",
+        "bad_argument",
+        "mgda_iterations",
+        "cagrad_radius",
+        "no_name",
+        "not_a_name",
+    ],
 )
 def test_resolve_config_refuses_bad_strategies(weighting, message):
     with pytest.raises(ValueError, match=message):

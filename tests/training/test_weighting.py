@@ -1,4 +1,5 @@
-"""The published formulas: PCGrad, MGDA, DWA, uncertainty and GradNorm."""
+"""The published formulas: PCGrad, MGDA, CAGrad, DWA, uncertainty and
+GradNorm."""
 
 import keras
 import numpy as np
@@ -116,6 +117,85 @@ def test_mgda_pareto_stationary_point_and_one_task():
         training.mgda_weights([[1.0], [2.0]], iterations=0)
     with pytest.raises(ValueError, match="`grads` must be a 2-D"):
         training.mgda_weights([1.0, 2.0])
+
+
+def _cagrad_reference(grads, c):
+    """CAGrad's weights by SciPy's SLSQP (as the authors' code and LibMTL
+    solve them), and the direction from them."""
+    from scipy.optimize import minimize
+
+    grads = np.asarray(grads, dtype="float64")
+    gram = grads @ grads.T
+    k = len(grads)
+    radius = c * np.sqrt(gram.sum())
+    result = minimize(
+        lambda w: w @ gram.sum(axis=1) + radius * np.sqrt(w @ gram @ w),
+        np.full(k, 1.0 / k),
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    g_w = result.x @ grads
+    direction = grads.sum(axis=0) + radius * g_w / np.linalg.norm(g_w)
+    return direction / (1.0 + c * c), result.x
+
+
+@pytest.mark.backend
+def test_cagrad_matches_a_slsqp_reference():
+    rng = np.random.default_rng(2)
+    for num_tasks in (2, 3, 4):
+        for c in (0.2, 0.5, 1.0):
+            grads = rng.normal(size=(num_tasks, 8))
+            grads[1] -= 0.8 * grads[0]  # a conflict
+            d, w = training.cagrad_direction(grads.astype("float32"), c)
+            expected_d, expected_w = _cagrad_reference(grads, c)
+            d, w = _np(d), _np(w)
+            assert np.all(w >= 0) and abs(w.sum() - 1.0) < 1e-5
+            np.testing.assert_allclose(w, expected_w, atol=1e-3)
+            scale = np.linalg.norm(grads.sum(axis=0))
+            np.testing.assert_allclose(d, expected_d, atol=1e-3 * scale)
+
+
+@pytest.mark.backend
+def test_cagrad_direction_is_the_best_for_the_worst_task_in_its_ball():
+    # max_d min_k g_k . d over |d - g_0| <= c |g_0| (before the rescaling
+    # by 1 + c^2): no point of the ball does better for the worst task.
+    rng = np.random.default_rng(3)
+    grads = np.array([[2.0, 0.0, 0.5], [-1.0, 1.0, 0.0], [0.0, -0.5, 1.0]])
+    c = 0.6
+    d, _ = training.cagrad_direction(grads.astype("float32"), c, 200)
+    d = _np(d) * (1.0 + c * c)
+    g0 = grads.sum(axis=0)
+    radius = c * np.linalg.norm(g0)
+    np.testing.assert_allclose(np.linalg.norm(d - g0), radius, rtol=1e-4)
+    worst = np.min(grads @ d)
+    assert worst > np.min(grads @ g0)  # better than the plain sum
+    offsets = rng.normal(size=(20000, 3))
+    offsets *= (
+        radius
+        * rng.random((20000, 1)) ** (1 / 3)
+        / np.linalg.norm(offsets, axis=1, keepdims=True)
+    )
+    others = np.min((g0 + offsets) @ grads.T, axis=1)
+    assert others.max() <= worst + 1e-4 * radius * np.abs(grads).max()
+
+
+@pytest.mark.backend
+def test_cagrad_without_radius_is_the_summed_gradient():
+    grads = np.array([[1.0, 2.0, 0.0], [-3.0, 0.5, 1.0]], "float32")
+    d, _ = training.cagrad_direction(grads, c=0.0)
+    np.testing.assert_allclose(_np(d), grads.sum(axis=0), rtol=1e-6)
+    d, w = training.cagrad_direction(grads[:1], c=0.5)
+    # One task: w = 1 and d = g (1 + c) / (1 + c^2).
+    np.testing.assert_allclose(_np(w), [1.0])
+    np.testing.assert_allclose(_np(d), grads[0] * 1.5 / 1.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="`c` must be"):
+        training.cagrad_direction(grads, c=-0.1)
+    with pytest.raises(ValueError, match="`grads` must be a 2-D"):
+        training.cagrad_direction([1.0, 2.0])
+    with pytest.raises(ValueError, match="`iterations` must be"):
+        training.CAGradWeighting(iterations=0)
 
 
 @pytest.mark.backend
@@ -305,7 +385,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.get_weighting({"name": "rlw", "seed": "one"})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
-    names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda".split()
+    names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad".split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
