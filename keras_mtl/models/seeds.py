@@ -34,9 +34,9 @@ from keras_mtl.layers.esm2_head import ESM2_PROBABILITIES
 from keras_mtl.layers.input_block import make_inputs
 from keras_mtl.models.zoo import _check_common
 from keras_mtl.models.zoo import _check_units
+from keras_mtl.models.zoo import _dense_args
 from keras_mtl.models.zoo import _inputs_and_embedding
 from keras_mtl.models.zoo import _output_dense
-from keras_mtl.models.zoo import dense_args
 from keras_mtl.models.zoo import task_head
 from keras_mtl.models.zoo import tower
 from keras_mtl.task import Task
@@ -185,7 +185,7 @@ def esm2(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     names = {t.name for t in tasks}
     unknown = sorted(names - set(ESM2_PROBABILITIES))
     if unknown or not {"ctr", "ctavr", "ctcvr"} <= names:
@@ -355,7 +355,7 @@ def dupn(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     representation_units = _check_units(
         "representation_units", representation_units, allow_empty=True
     )
@@ -535,7 +535,7 @@ def youtube_ranker(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     expert_units = _check_units("expert_units", expert_units)
     bias_units = _check_units("bias_units", bias_units, allow_empty=True)
     position_specs = _named_specs(
@@ -734,7 +734,7 @@ def cross_stitch(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     _check_multi_task("cross_stitch", tasks)
     tower_units = _check_units("tower_units", tower_units)
     levels = [
@@ -826,7 +826,7 @@ def soft_sharing(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     _check_multi_task("soft_sharing", tasks)
     tower_units = _check_units("tower_units", tower_units)
     towers = SoftSharingTowers(
@@ -934,7 +934,7 @@ def pairwise_ranker(
         raise ValueError(
             f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
         )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     hidden = MLP(
         tower_units,
         activation=activation,

@@ -137,7 +137,7 @@ def split_model(
         user_units,
         activation=builder_kwargs.get("activation", "relu"),
         name="user_mlp",
-        **zoo.dense_args(
+        **zoo._dense_args(
             builder_kwargs.get("kernel_initializer", "glorot_uniform"),
             builder_kwargs.get("kernel_regularizer"),
         ),

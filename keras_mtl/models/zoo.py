@@ -74,7 +74,7 @@ def _check_initializer(name, value):
     return value
 
 
-def dense_args(kernel_initializer="glorot_uniform", kernel_regularizer=None):
+def _dense_args(kernel_initializer="glorot_uniform", kernel_regularizer=None):
     """A builder's `kernel_initializer` and `kernel_regularizer`, checked.
 
     Returns them as keyword arguments for every Dense-like layer the builder
@@ -92,7 +92,7 @@ def dense_args(kernel_initializer="glorot_uniform", kernel_regularizer=None):
 
 
 def _output_dense(units, activation, name, dense):
-    """A float32 output Dense with the builder's `dense_args`."""
+    """A float32 output Dense with the builder's `_dense_args`."""
     dense = dense or {}
     return keras.layers.Dense(
         units,
@@ -190,7 +190,7 @@ def _inputs_and_embedding(
 def task_head(task, name=None, dense=None):
     """The output layer of a task: its activation, always float32.
 
-    `dense`: the builder's `dense_args` (Keras' defaults without).
+    `dense`: the builder's `_dense_args` (Keras' defaults without).
     """
     activation = {
         "binary": "sigmoid",
@@ -211,7 +211,7 @@ def tower(
 ):
     """A task tower (`MLP`), or None when `units` is empty.
 
-    `dense`: the builder's `dense_args` (Keras' defaults without).
+    `dense`: the builder's `_dense_args` (Keras' defaults without).
     """
     if not units:
         return None
@@ -347,7 +347,7 @@ def shared_bottom(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     bottom_units = _check_units("bottom_units", bottom_units)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     bottom = MLP(
@@ -484,7 +484,7 @@ def shared_embedding_towers(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
     inputs, x = _inputs_and_embedding(
@@ -559,7 +559,7 @@ def mmoe(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     _check_normalization(
         "tower_normalization", tower_normalization, TOWER_NORMALIZATIONS
@@ -679,7 +679,7 @@ def ple(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     if (
         isinstance(num_levels, bool)
@@ -863,7 +863,7 @@ def esmm(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     names = sorted(t.name for t in tasks)
     if names != sorted(ESMM_OUTPUTS) or any(t.kind != "binary" for t in tasks):
         raise ValueError(
@@ -979,7 +979,7 @@ def aitm(
     features, tasks, tower_units = _check_common(
         features, tasks, tower_units, dropout
     )
-    dense = dense_args(kernel_initializer, kernel_regularizer)
+    dense = _dense_args(kernel_initializer, kernel_regularizer)
     if not tower_units:
         raise ValueError(
             "`aitm` needs towers; `tower_units` sets the transfer width. "
@@ -1342,7 +1342,7 @@ def check_builder_args(architecture, kwargs):
         "tower_normalization",
     ):
         _check_normalization(name, kwargs.get(name), TOWER_NORMALIZATIONS)
-    dense_args(
+    _dense_args(
         kwargs.get("kernel_initializer", "glorot_uniform"),
         kwargs.get("kernel_regularizer"),
     )
