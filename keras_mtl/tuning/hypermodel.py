@@ -795,8 +795,8 @@ class MultiTaskHyperModel(keras_tuner.HyperModel):
                 elif _key_kind(key) == "none_spelled" and value == "none":
                     value = None
                 if key in _L2_KEYS:
-                    key, value = _L2_KEYS[key], _l2_config(value)
-                kwargs[key] = value
+                    value = _l2_config(value)
+                kwargs[_L2_KEYS.get(key, key)] = value
         learning_rate = None
         if "learning_rate" in self.space:
             learning_rate = self._declare(
