@@ -35,6 +35,7 @@ from keras_mtl.layers.input_block import make_inputs
 from keras_mtl.models.zoo import _check_common
 from keras_mtl.models.zoo import _check_units
 from keras_mtl.models.zoo import _dense_args
+from keras_mtl.models.zoo import _input_block_args
 from keras_mtl.models.zoo import _inputs_and_embedding
 from keras_mtl.models.zoo import _output_dense
 from keras_mtl.models.zoo import task_head
@@ -224,15 +225,7 @@ def esm2(
     logits = {b: _output_dense(1, None, f"{b}_logit", dense) for b in branches}
     head = ESM2Head(dtype="float32", name="esm2_head")
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     branch_logits = [
         logits[b](towers[b](x) if towers[b] else x) for b in branches
     ]
@@ -591,14 +584,7 @@ def youtube_ranker(
     # Functional graph: the main model (all that is served).
     main_inputs = make_inputs(main_specs)
     x = InputBlock(
-        main_specs,
-        embeddings_initializer=embeddings_initializer,
-        embeddings_regularizer=embeddings_regularizer,
-        interaction=interaction,
-        interaction_features=interaction_features,
-        cross_layers=cross_layers,
-        cross_projection_dim=cross_projection_dim,
-        name="input_block",
+        main_specs, name="input_block", **_input_block_args(locals())
     )(main_inputs)
     main_logits = {}
     for task, h in zip(tasks, experts(x)):
@@ -756,15 +742,7 @@ def cross_stitch(
     ]
     heads = [task_head(t, dense=dense) for t in tasks]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     hidden = [x] * len(tasks)
     for layers, stitch in zip(levels, stitches):
         hidden = stitch([layer(h) for layer, h in zip(layers, hidden)])
@@ -840,15 +818,7 @@ def soft_sharing(
     )
     heads = [task_head(t, dense=dense) for t in tasks]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     hidden = towers(x)
     outputs = {t.name: head(h) for t, head, h in zip(tasks, heads, hidden)}
     return keras.Model(inputs, outputs, name=name)
@@ -944,15 +914,7 @@ def pairwise_ranker(
     )
     score = _output_dense(1, None, "score", dense)
     # Functional graph: the pointwise scorer.
-    item_inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    item_inputs, x = _inputs_and_embedding(features, locals())
     scorer = keras.Model(
         item_inputs, {"score": score(hidden(x))}, name="scorer"
     )

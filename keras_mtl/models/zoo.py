@@ -148,22 +148,32 @@ def precomputed_input(inputs, x):
         _PRECOMPUTED.pop()
 
 
-def _inputs_and_embedding(
-    features,
-    embeddings_initializer="uniform",
-    embeddings_regularizer=None,
-    interaction=None,
-    interaction_features=None,
-    cross_layers=None,
-    cross_projection_dim=None,
-):
+# The builders' arguments that configure their `InputBlock`.
+_INPUT_BLOCK_ARGS = (
+    "embeddings_initializer",
+    "embeddings_regularizer",
+    "interaction",
+    "interaction_features",
+    "cross_layers",
+    "cross_projection_dim",
+)
+_INTERACTION_ARGS = _INPUT_BLOCK_ARGS[2:]
+
+
+def _input_block_args(builder_args):
+    """The `InputBlock` arguments among a builder's arguments (`locals()`)."""
+    return {k: builder_args[k] for k in _INPUT_BLOCK_ARGS}
+
+
+def _inputs_and_embedding(features, builder_args):
+    """The model inputs and the `(batch, d)` input vector of a builder.
+
+    `builder_args`: the calling builder's arguments (its `locals()`); those
+    named in `_INPUT_BLOCK_ARGS` configure the `InputBlock`.
+    """
+    args = _input_block_args(builder_args)
     if _PRECOMPUTED:
-        given = {
-            "interaction": interaction,
-            "interaction_features": interaction_features,
-            "cross_layers": cross_layers,
-            "cross_projection_dim": cross_projection_dim,
-        }
+        given = {k: args[k] for k in _INTERACTION_ARGS}
         if any(v is not None for v in given.values()):
             received = ", ".join(f"{k}={v!r}" for k, v in given.items())
             raise ValueError(
@@ -173,16 +183,7 @@ def _inputs_and_embedding(
                 f"Received: {received}"
             )
         return _PRECOMPUTED[-1]
-    block = InputBlock(
-        features,
-        embeddings_initializer=embeddings_initializer,
-        embeddings_regularizer=embeddings_regularizer,
-        interaction=interaction,
-        interaction_features=interaction_features,
-        cross_layers=cross_layers,
-        cross_projection_dim=cross_projection_dim,
-        name="input_block",
-    )
+    block = InputBlock(features, name="input_block", **args)
     inputs = block.make_inputs()
     return inputs, block(inputs)
 
@@ -358,15 +359,7 @@ def shared_bottom(
         **dense,
     )
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     shared = bottom(x)
     outputs = _towers_and_heads(
         [shared] * len(tasks), tasks, tower_units, activation, dropout, dense
@@ -487,15 +480,7 @@ def shared_embedding_towers(
     dense = _dense_args(kernel_initializer, kernel_regularizer)
     kl_bounds = _check_kl_bounds(kl_bounds, tasks)
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     outputs = _towers_and_heads(
         [x] * len(tasks), tasks, tower_units, activation, dropout, dense
     )
@@ -577,15 +562,7 @@ def mmoe(
         **dense,
     )
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     outputs = _towers_and_heads(
         experts(x),
         tasks,
@@ -710,15 +687,7 @@ def ple(
         for level in range(num_levels)
     ]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     branches = x
     for level in levels:
         branches = level(branches)
@@ -902,15 +871,7 @@ def esmm(
     cvr_logit = _output_dense(1, None, "cvr_logit", dense)
     head = ESMMHead(dtype="float32", name="esmm_head")
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     h_ctr = ctr_tower(x) if ctr_tower else x
     h_cvr = cvr_tower(x) if cvr_tower else x
     p_ctr, p_cvr, p_ctcvr = head([ctr_logit(h_ctr), cvr_logit(h_cvr)])
@@ -1010,15 +971,7 @@ def aitm(
         for t in tasks[1:]
     ]
     # Functional graph.
-    inputs, x = _inputs_and_embedding(
-        features,
-        embeddings_initializer,
-        embeddings_regularizer,
-        interaction,
-        interaction_features,
-        cross_layers,
-        cross_projection_dim,
-    )
+    inputs, x = _inputs_and_embedding(features, locals())
     outputs = {}
     z_prev = towers[0](x)
     p_prev = heads[0](z_prev)
