@@ -42,6 +42,11 @@ ADULT_TASKS = ("income", "never_married")
 EMBED_DIM = 8
 BATCH_SIZE = 512
 LEARNING_RATE = 1e-3
+# Every library trains with the same Adam constants: PyTorch's epsilon, which
+# torch-rechub runs with, is passed to keras-mtl and DeepCTR (Keras' default
+# is 1e-7). Keras adds epsilon before the bias correction ("epsilon hat"), so
+# the updates still differ slightly in the first few hundred steps.
+ADAM_EPSILON = 1e-8
 MAX_EPOCHS = 30
 PATIENCE = 3
 VAL_FRACTION = 0.2
@@ -353,7 +358,13 @@ def _adult_keras_mtl(args):
     for tasks in groups:
         names = [t.name for t in tasks]
         model = build(tasks)
-        models.compile_model(model, tasks, learning_rate=LEARNING_RATE)
+        models.compile_model(
+            model,
+            tasks,
+            optimizer=keras.optimizers.Adam(
+                LEARNING_RATE, epsilon=ADAM_EPSILON
+            ),
+        )
         params += model.count_params()
         train_ds = data_lib.from_dataframe(
             train, features, tasks, BATCH_SIZE, shuffle=True, seed=args.seed
@@ -438,7 +449,7 @@ def _adult_deepctr(args):
     else:
         raise ValueError(f"Unknown model {args.model!r}")
     model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=ADAM_EPSILON),
         loss=["binary_crossentropy"] * len(ADULT_TASKS),
     )
 
@@ -535,7 +546,9 @@ def _adult_torch_rechub(args):
     # MTLTrainer early-stops on one task's metric (`earlystop_taskid`), not
     # on the mean AUC, so this is the equivalent manual loop around the
     # library's model: BCE per task, summed, Adam, mean-AUC early stopping.
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=LEARNING_RATE, eps=ADAM_EPSILON
+    )
     generator = torch.Generator().manual_seed(args.seed)
     n = len(labels)
     history, best, best_state, wait = [], -1.0, None, 0
@@ -924,8 +937,23 @@ def _source_warning(records):
 
 def _settings(meta):
     """What must match for earlier records to be reused by `--resume`."""
-    keys = ("quick", "adult_epochs", "funnel_n", "funnel_epochs", "threads")
+    keys = (
+        "quick",
+        "adult_epochs",
+        "adult_adam_epsilon",
+        "funnel_n",
+        "funnel_epochs",
+        "threads",
+    )
     return {k: meta.get(k) for k in keys}
+
+
+def _adam_text(meta):
+    if "adult_adam_epsilon" not in meta:
+        # Runs before the constant was recorded: each library's default.
+        return "each library's default epsilon"
+    epsilon = f"{meta['adult_adam_epsilon']:g}".replace("e-0", "e-")
+    return f"epsilon {epsilon} in every library"
 
 
 def _read_results(path):
@@ -963,6 +991,7 @@ def suite_quality(opts):
         "git": _git_revision(),
         "python_path": python,
         "adult_epochs": epochs,
+        "adult_adam_epsilon": ADAM_EPSILON,
         "funnel_n": f_n,
         "funnel_epochs": f_epochs,
         "threads": opts.threads,
@@ -1215,11 +1244,12 @@ def render_quality(meta, records, results_path):
     add("")
     add(
         "Test AUC on `adult.test` (16,281 rows), mean ± sample std over "
-        f"seeds; up to {meta['adult_epochs']} epochs, early stopping on the "
-        "validation mean AUC of both tasks (patience 3, best weights "
-        "restored). Wall time: model build, training (with the per-epoch "
-        "validation AUC) and test prediction, median over seeds; process "
-        "start and imports excluded."
+        f"seeds; Adam (learning rate {LEARNING_RATE:g}, {_adam_text(meta)}), "
+        f"batch {BATCH_SIZE}, up to {meta['adult_epochs']} epochs, early "
+        "stopping on the validation mean AUC of both tasks (patience 3, "
+        "best weights restored). Wall time: model build, training (with the "
+        "per-epoch validation AUC) and test prediction, median over seeds; "
+        "process start and imports excluded."
     )
     add("")
     add(
