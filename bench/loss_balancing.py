@@ -16,9 +16,9 @@ shuffling; the data splits are fixed).
   mean of the click and conversion AUCs.
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
-`mgda`, `rlw`, `cagrad` (c 0.5) (`keras_mtl.training.compile`), and the two
-baselines from
-the seeds:
+`mgda`, `rlw`, `cagrad` (c 0.5), `imtl` (IMTL-G with IMTL-L's learned loss
+scales) (`keras_mtl.training.compile`), and the two baselines from the
+seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -64,6 +64,7 @@ STRATEGIES = (
     "mgda",
     "rlw",
     "cagrad",
+    "imtl",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -571,8 +572,12 @@ def write_report(records, args, command):
         "(MGDA's and CAGrad's per-step convex weights of the task gradients "
         "are logged as `<task>_mgda_alpha` and `<task>_cagrad_weight`, not "
         "listed above; CAGrad runs with its default c = 0.5); RLW draws new "
-        "weights "
-        "every step and lists the fixed weights, their expectation.",
+        "weights every step and lists the fixed weights, their expectation.",
+        "- IMTL learns a loss scale per task (its listed weights, "
+        "`exp(s_k)`, which bring every scaled loss toward 1) and moves the "
+        "shared parameters along the combination of task gradients that "
+        "projects equally onto each task's gradient direction (its weights, "
+        "which sum to 1, are logged as `<task>_imtl_alpha`).",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "

@@ -3,11 +3,11 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`;
-  per-task
-  learning-rate multipliers; inverse propensity weighting of a task's loss
-  by another task's prediction (`propensity=`, ESCM²'s counterfactual CVR
-  loss); task weights logged every epoch (`TaskWeightLogger`).
+  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`,
+  `IMTLWeighting`; per-task learning-rate multipliers; inverse propensity
+  weighting of a task's loss by another task's prediction (`propensity=`,
+  ESCM²'s counterfactual CVR loss); task weights logged every epoch
+  (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -36,6 +36,7 @@ from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
+from keras_mtl.training.weighting import IMTLWeighting
 from keras_mtl.training.weighting import MGDAWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
@@ -45,6 +46,7 @@ from keras_mtl.training.weighting import cagrad_direction
 from keras_mtl.training.weighting import dwa_weights
 from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
+from keras_mtl.training.weighting import imtl_weights
 from keras_mtl.training.weighting import mgda_weights
 from keras_mtl.training.weighting import pcgrad_project
 from keras_mtl.training.weighting import uncertainty_loss
@@ -57,6 +59,7 @@ __all__ = [
     "GateDiagnostics",
     "GateProbe",
     "GradNormWeighting",
+    "IMTLWeighting",
     "MGDAWeighting",
     "MultiTaskEarlyStopping",
     "MultiTaskModel",
@@ -73,6 +76,7 @@ __all__ = [
     "gate_diagnostics",
     "get_weighting",
     "gradnorm_gradient",
+    "imtl_weights",
     "last_shared_layer",
     "layer_tasks",
     "log_gate_diagnostics",

@@ -169,7 +169,7 @@ class MultiTaskModel(keras.Model):
     `keras.callbacks.TensorBoard`) and per-task losses as `<task>_loss`.
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
-    `"mgda"`, `"cagrad"`) and `lr_multipliers` use a custom `train_step`
+    `"mgda"`, `"cagrad"`, `"imtl"`) and `lr_multipliers` use a custom `train_step`
     implemented for the TensorFlow backend; other backends get a
     `NotImplementedError` naming the backend. `"fixed"`, `"uncertainty"`,
     `"dwa"` and `"rlw"` run on every backend.
@@ -570,9 +570,9 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         model: functional `keras.Model` with a dict of outputs keyed by task.
         tasks: list of `keras_mtl.Task`.
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, a mapping
-            `{"name": ..., **arguments}`
-            (e.g. `{"name": "gradnorm", "alpha": 1.5}`) or a
+            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`, a
+            mapping `{"name": ..., **arguments}` (e.g.
+            `{"name": "gradnorm", "alpha": 1.5}`) or a
             `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate
             multipliers of task-owned variables (see `MultiTaskModel`).

@@ -23,14 +23,18 @@ it) into the objective the optimizer descends:
 - `CAGradWeighting`: the shared variables move along the direction, within
   a ball around the summed gradient, that most improves the worst task
   (conflict-averse gradient descent, Liu et al., 2021).
+- `IMTLWeighting`: impartial multi-task learning: the shared variables move
+  along the combination of task gradients that projects equally onto every
+  task's gradient direction (IMTL-G), and learned loss scales make the
+  scaled losses equal (IMTL-L) (Liu et al., 2021).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`mgda_weights`, `cagrad_direction` and `gradnorm_gradient` implement the
-published formulas with `keras.ops` and run on every backend; GradNorm,
-PCGrad, MGDA and CAGrad additionally need per-task gradients, which
-`MultiTaskModel` computes on the TensorFlow backend.
+`mgda_weights`, `cagrad_direction`, `imtl_weights` and `gradnorm_gradient`
+implement the published formulas with `keras.ops` and run on every
+backend; GradNorm, PCGrad, MGDA, CAGrad and IMTL additionally need per-task
+gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -50,9 +54,10 @@ STRATEGIES = (
     "pcgrad",
     "mgda",
     "cagrad",
+    "imtl",
 )
 # Gradient-based strategies need one backward pass per task.
-TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda", "cagrad")
+TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda", "cagrad", "imtl")
 _EPSILON = 1e-12
 
 
@@ -390,6 +395,66 @@ def cagrad_direction(grads, c=0.5, iterations=50):
     g0 = ops.sum(grads, axis=0)
     scale = radius / (g_w_norm + 1e-8)
     return (g0 + scale * g_w) / (1.0 + c * c), w
+
+
+def imtl_weights(grads):
+    """IMTL-G's weights: the combination of the task gradients that
+    projects equally onto every task's gradient direction.
+
+    With `u_k = g_k / |g_k|`, the weights `a` (summing to 1) give
+    `d = sum_k a_k g_k` with `d . u_1 = d . u_2 = ... = d . u_K`: the update
+    is impartial, every task's loss decreases at the same rate relative to
+    its gradient's length, whatever the gradients' norms. They solve a
+    linear system of `K` equations (the sum and the `K - 1` equal
+    projections). This is the paper's closed form
+    `a_{2:K} = g_1 U^T (D U^T)^{-1}`, with `D` and `U` the differences
+    `g_1 - g_k` and `u_1 - u_k`, solved by least squares so that tasks with
+    parallel gradients (a singular system, where the paper's inverse does
+    not exist) share their weight instead of producing NaN. A task whose
+    gradient is zero (no labelled rows of it in the batch) gets weight 0 and
+    the others stay impartial among themselves. The weights may be
+    negative; the direction depends only on the gradients' directions, its
+    length on their norms.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+
+    Returns:
+        A tensor `(num_tasks,)` of weights summing to 1.
+
+    Example:
+
+    >>> keras_mtl.training.imtl_weights([[1.0, 0.0], [0.0, 2.0]])
+    [0.6667, 0.3333]
+
+    References:
+        Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
+        https://openreview.net/forum?id=IMPnRXEWpvr
+    """
+    grads = _check_task_grads(grads)
+    num_tasks = grads.shape[0]
+    if num_tasks == 1:
+        return ops.ones((1,), dtype=grads.dtype)
+    gram = ops.matmul(grads, ops.transpose(grads))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
+    valid = ops.cast(norms > _EPSILON * ops.max(norms), grads.dtype)
+    # proj[j, k] = g_j . u_k, scaled by the largest norm so that the
+    # projection rows are of the order of the sum row (least squares
+    # truncates small singular values relative to the largest).
+    ref = ops.argmax(norms)
+    top = ops.maximum(ops.take(norms, ref), _EPSILON)
+    proj = gram / (ops.where(valid > 0, norms, 1.0)[None, :] * top)
+    # Row k (a task with a gradient, not the reference): the projections
+    # onto u_ref and u_k are equal. The reference's row: the weights sum
+    # to 1. The row of a task without gradient: its weight is 0.
+    equal = ops.transpose(ops.take(proj, ref, axis=1)[:, None] - proj)
+    is_ref = ops.one_hot(ref, num_tasks, dtype=grads.dtype)[:, None]
+    projected = (valid[:, None] - is_ref) * equal
+    zero_rows = (1.0 - valid[:, None]) * (1.0 - is_ref)
+    system = (
+        projected + is_ref + zero_rows * ops.eye(num_tasks, dtype=grads.dtype)
+    )
+    return ops.lstsq(system, is_ref[:, 0])
 
 
 def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
@@ -1206,6 +1271,104 @@ class CAGradWeighting(_SolvedWeighting):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class IMTLWeighting(_SolvedWeighting):
+    """IMTL: impartial gradients on shared variables, learned loss scales.
+
+    IMTL-G: each task's weighted gradient is computed separately; on the
+    *shared* variables the update direction is `sum_k a_k g_k` with
+    `a = imtl_weights(g)`, the combination (weights summing to 1) whose
+    projections onto every task's unit gradient are equal, so no task
+    dominates the shared update by the size of its gradient. Task-specific
+    variables (towers, heads) get their own task's gradient, and auxiliary
+    losses are added unchanged, as in `PCGradWeighting`. The last step's
+    `a` is logged per epoch as `<task>_imtl_alpha`.
+
+    IMTL-L (`loss_scale=True`, the paper's hybrid IMTL): a learned scale
+    `s_k` per task; task `k` contributes `b_k (exp(s_k) L_k - s_k)` (`b_k`
+    its fixed weight; 0 leaves it out), so the task-specific variables get
+    `b_k exp(s_k) grad L_k` and `s_k` is trained by the model's optimizer
+    toward `exp(s_k) L_k = 1`: every scaled loss is driven to the same
+    value, whatever the task's loss kind and size. The effective weight
+    `b_k exp(s_k)` is logged as `<task>_weight`. The scales never enter the
+    serving model. With `loss_scale=False` (IMTL-G alone) the fixed weights
+    are kept. Needs the TensorFlow backend (one backward pass per task).
+
+    As in the paper and LibMTL the shared update has the size of one
+    task's gradient (the weights sum to 1), not of the summed gradient that
+    fixed weights apply.
+
+    Args:
+        loss_scale: bool. Learn the loss scales (IMTL-L). Defaults to
+            `True`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="imtl")
+
+    References:
+        Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
+        https://openreview.net/forum?id=IMPnRXEWpvr
+    """
+
+    strategy_name = "imtl"
+    log_name = "imtl_alpha"
+
+    def __init__(self, loss_scale=True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(loss_scale, bool):
+            raise ValueError(
+                "`loss_scale` must be True or False. "
+                f"Received: loss_scale={loss_scale!r}"
+            )
+        self.loss_scale = loss_scale
+
+    def create_state(self, num_tasks):
+        super().create_state(num_tasks)
+        self.log_scales = None
+        if self.loss_scale:
+            self.log_scales = self.add_weight(
+                name="log_scales",
+                shape=(num_tasks,),
+                initializer="zeros",
+                trainable=True,
+            )
+
+    def current_weights(self):
+        base = ops.convert_to_tensor(self.base_weights, "float32")
+        if self.log_scales is None:
+            return base
+        return base * ops.exp(self.log_scales)
+
+    def combine(self, task_losses, training=False):
+        if self.log_scales is None:
+            return super().combine(task_losses, training)
+        base = ops.convert_to_tensor(self.base_weights, "float32")
+        s = self.log_scales
+        return ops.sum(base * (ops.exp(s) * task_losses - s))
+
+    def solve(self, flat):
+        alpha = imtl_weights(flat)
+        return ops.matmul(ops.expand_dims(alpha, 0), flat)[0], alpha
+
+    def task_gradients(self, context):
+        grads = _shared_surgery_gradients(self, context)
+        if self.log_scales is not None:
+            # d/ds_k of b_k (exp(s_k) L_k - s_k), in the optimizer's
+            # (possibly loss-scaled) units like the other gradients.
+            base = ops.convert_to_tensor(self.base_weights, "float32")
+            value = base * (ops.exp(self.log_scales) * context.task_losses - 1)
+            index = [v is self.log_scales for v in context.variables]
+            grads[index.index(True)] = value * context.loss_scale
+        return grads
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"loss_scale": self.loss_scale})
+        return config
+
+
 _CLASSES = {
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -1215,6 +1378,7 @@ _CLASSES = {
     "pcgrad": PCGradWeighting,
     "mgda": MGDAWeighting,
     "cagrad": CAGradWeighting,
+    "imtl": IMTLWeighting,
 }
 
 
@@ -1223,8 +1387,8 @@ def get(identifier):
 
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`; a mapping
-            `{"name": ..., **arguments}` (e.g.
+            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`; a
+            mapping `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).
 

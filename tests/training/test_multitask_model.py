@@ -317,6 +317,71 @@ def test_mgda_with_one_trained_task_is_plain_training(make_problem):
     assert "t1_mgda_alpha" not in history.history
 
 
+def test_imtl_step_moves_shared_variables_impartially_and_trains_the_scales(
+    make_problem,
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    # IMTL-G's closed form with two tasks: the weights summing to 1 whose
+    # combination projects equally onto both unit gradients.
+    g0, g1 = np.asarray(flat, dtype="float64")
+    u0, u1 = g0 / np.linalg.norm(g0), g1 / np.linalg.norm(g1)
+    a1 = g0 @ (u0 - u1) / ((g0 - g1) @ (u0 - u1))
+    combined = (1 - a1) * g0 + a1 * g1
+    np.testing.assert_allclose(combined @ u0, combined @ u1, rtol=1e-9)
+    wrapper = _compile(
+        model, tasks, weighting="imtl", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    # The scales start at 0 (weight 1), so the network's step is IMTL-G's.
+    _assert_one_sgd_step(model, start, per_task, shared, combined)
+    logged = [history.history[f"t{k}_imtl_alpha"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, [1 - a1, a1], rtol=1e-4)
+    # IMTL-L: d/ds_k (exp(s_k) L_k - s_k) = L_k - 1 at s_k = 0; one SGD step.
+    losses = np.array([history.history[f"t{k}_loss"][0] for k in (0, 1)])
+    scales = keras.ops.convert_to_numpy(wrapper.weighting.log_scales)
+    np.testing.assert_allclose(scales, -0.1 * (losses - 1.0), rtol=1e-5)
+    weights = [history.history[f"t{k}_weight"][0] for k in (0, 1)]
+    np.testing.assert_allclose(weights, np.exp(scales), rtol=1e-6)
+
+
+def test_imtl_loss_scales_equalize_the_scaled_losses(make_problem):
+    # Two regression tasks whose losses end up about 300 times apart: the
+    # learned scales bring exp(s_k) L_k close to 1 for both (Adam keeps the
+    # scales moving a little around the balance as the losses fall).
+    specs, tasks, arrays = make_problem(
+        400,
+        [[1, 0, 0, 0], [0, 1, 0, 0]],
+        [0.1, 0.1],
+        ["regression", "regression"],
+    )
+    arrays[1]["t1"] = arrays[1]["t1"] * 20.0
+    keras.utils.set_random_seed(3)
+    model = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapper = _compile(model, tasks, weighting="imtl", learning_rate=0.05)
+    history = _fit(wrapper, arrays, epochs=80)
+    x, y, sw = arrays
+    final = wrapper.evaluate(
+        x, y, sample_weight=sw, return_dict=True, verbose=0
+    )
+    losses = np.array([final[f"t{k}_loss"] for k in (0, 1)])
+    weights = np.array([history.history[f"t{k}_weight"][-1] for k in (0, 1)])
+    assert losses[1] > 50 * losses[0]
+    np.testing.assert_allclose(weights * losses, [1.0, 1.0], rtol=0.25)
+
+
+def test_imtl_gradients_alone_with_one_trained_task_is_plain_training(
+    make_problem,
+):
+    tasks = [Task("t0"), Task("t1", weight=0.0)]
+    history = _trains_like_fixed_weights(
+        make_problem, {"name": "imtl", "loss_scale": False}, tasks, seed=4
+    )
+    assert history.history["t0_imtl_alpha"] == [1.0]
+    assert history.history["t1_weight"] == [0.0]
+
+
 @pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)
 def test_kernel_regularizer_adds_its_gradient_to_every_kernel(
     make_problem, weighting

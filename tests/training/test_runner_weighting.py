@@ -18,6 +18,7 @@ from keras_mtl import training
         {"name": "mgda", "iterations": 20},
         {"name": "rlw", "seed": 1},
         {"name": "cagrad", "c": 0.4},
+        {"name": "imtl", "loss_scale": False},
     ],
     ids=[
         "fixed",
@@ -27,6 +28,7 @@ from keras_mtl import training
         "mgda",
         "rlw",
         "cagrad",
+        "imtl",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):
@@ -42,6 +44,7 @@ def test_resolve_config_accepts_strategies(weighting):
         ({"name": "dwa", "temperature": -1}, "`temperature` must be"),
         ({"name": "mgda", "iterations": 0}, "`iterations` must be"),
         ({"name": "cagrad", "c": -1}, "`c` must be"),
+        ({"name": "imtl", "loss_scale": "yes"}, "`loss_scale` must be"),
         ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
         (3, "must be a strategy name"),
     ],
@@ -50,6 +53,7 @@ def test_resolve_config_accepts_strategies(weighting):
         "bad_argument",
         "mgda_iterations",
         "cagrad_radius",
+        "imtl_loss_scale",
         "no_name",
         "not_a_name",
     ],

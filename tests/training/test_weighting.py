@@ -1,5 +1,5 @@
-"""The published formulas: PCGrad, MGDA, CAGrad, DWA, uncertainty and
-GradNorm."""
+"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, DWA, uncertainty
+and GradNorm."""
 
 import keras
 import numpy as np
@@ -385,10 +385,84 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.get_weighting({"name": "rlw", "seed": "one"})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
-    names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad".split()
+    names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
+    names = names.split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
+
+
+def _imtl_reference(grads):
+    """IMTL-G's weights by the paper's closed form, as LibMTL computes
+    them: `a_{2:K} = g_1 U^T (D U^T)^{-1}`, `a_1 = 1 - sum a_{2:K}`."""
+    grads = np.asarray(grads, dtype="float64")
+    unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
+    d = grads[:1] - grads[1:]
+    u = unit[:1] - unit[1:]
+    rest = grads[0] @ u.T @ np.linalg.inv(d @ u.T)
+    return np.concatenate([[1.0 - rest.sum()], rest])
+
+
+@pytest.mark.backend
+def test_imtl_matches_the_closed_form_and_projects_equally():
+    rng = np.random.default_rng(4)
+    for num_tasks in (2, 3, 4, 5):
+        grads = rng.normal(size=(num_tasks, 12))
+        grads[1] -= 0.8 * grads[0]  # a conflict
+        grads *= rng.uniform(0.05, 20.0, size=(num_tasks, 1))  # unequal
+        alpha = _np(training.imtl_weights(grads.astype("float32")))
+        np.testing.assert_allclose(alpha, _imtl_reference(grads), atol=1e-5)
+        np.testing.assert_allclose(alpha.sum(), 1.0, atol=1e-6)
+        # Impartial: d . u_k is the same for every task, and positive.
+        d = alpha @ grads
+        proj = grads @ d / np.linalg.norm(grads, axis=1)
+        np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
+        assert proj[0] > 0
+
+
+@pytest.mark.backend
+def test_imtl_direction_ignores_gradient_norms():
+    # Rescaling one task's gradient changes the weights, not the direction.
+    grads = np.array([[2.0, 0.0, 1.0], [-1.0, 1.0, 0.0], [0.5, -2.0, 1.0]])
+    d = _np(training.imtl_weights(grads.astype("float32"))) @ grads
+    scaled = grads * np.array([[100.0], [1.0], [0.01]])
+    alpha = _np(training.imtl_weights(scaled.astype("float32")))
+    d_scaled = alpha @ scaled
+    cosine = d @ d_scaled / np.linalg.norm(d) / np.linalg.norm(d_scaled)
+    np.testing.assert_allclose(cosine, 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        _np(training.imtl_weights([[1.0, 0.0], [0.0, 2.0]])),
+        [2 / 3, 1 / 3],
+        rtol=1e-6,  # float32
+    )
+
+
+@pytest.mark.backend
+def test_imtl_tasks_without_gradient_and_parallel_tasks():
+    # A task with no labelled rows in the batch (zero gradient) gets weight
+    # 0; the others get the closed form of the smaller problem.
+    grads = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    alpha = _np(training.imtl_weights(grads.astype("float32")))
+    np.testing.assert_allclose(alpha[1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        alpha[[0, 2]], _imtl_reference(grads[[0, 2]]), atol=1e-5
+    )
+    # Parallel gradients make the closed form singular: they share their
+    # weight and the projections stay equal.
+    grads = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    alpha = _np(training.imtl_weights(grads.astype("float32")))
+    assert np.all(np.isfinite(alpha))
+    np.testing.assert_allclose(alpha.sum(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(alpha @ grads, [4 / 7, 4 / 7], rtol=1e-5)
+    # Every gradient zero (nothing to learn), and one task.
+    np.testing.assert_allclose(
+        _np(training.imtl_weights(np.zeros((2, 3), "float32"))).sum(), 1.0
+    )
+    np.testing.assert_array_equal(_np(training.imtl_weights([[3.0, 1.0]])), [1])
+    with pytest.raises(ValueError, match="`grads` must be a 2-D"):
+        training.imtl_weights([1.0, 2.0])
+    with pytest.raises(ValueError, match="`loss_scale` must be True or"):
+        training.IMTLWeighting(loss_scale="yes")
 
 
 def _tiny_model():
@@ -408,9 +482,10 @@ def _tiny_model():
         {"weighting": "gradnorm"},
         {"weighting": "pcgrad"},
         {"weighting": "mgda"},
+        {"weighting": "imtl"},
         {"lr_multipliers": {"a": 2.0}},
     ],
-    ids=["gradnorm", "pcgrad", "mgda", "lr_multipliers"],
+    ids=["gradnorm", "pcgrad", "mgda", "imtl", "lr_multipliers"],
 )
 def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     model, tasks = _tiny_model()
