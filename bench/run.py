@@ -889,8 +889,19 @@ def _git_revision():
             text=True,
             check=True,
         ).stdout.strip()
+        # The suite's own output files do not count: a part of the suite
+        # started beside another (Adult and funnel) would otherwise see the
+        # other part's results file being rewritten.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)bench/results",
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
