@@ -665,16 +665,15 @@ def _ablation_lines(records):
 
 
 def _git():
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            + " (plus uncommitted work in the tree)"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short", "HEAD") + (
+            " (plus uncommitted work in the tree)" if dirty else ""
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
