@@ -17,8 +17,8 @@ shuffling; the data splits are fixed).
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
 `mgda`, `rlw`, `cagrad` (c 0.5), `imtl` (IMTL-G with IMTL-L's learned loss
-scales) (`keras_mtl.training.compile`), and the two baselines from the
-seeds:
+scales), `nash_mtl` (max_norm 1.0) (`keras_mtl.training.compile`), and the
+two baselines from the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -65,6 +65,7 @@ STRATEGIES = (
     "rlw",
     "cagrad",
     "imtl",
+    "nash_mtl",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -578,6 +579,9 @@ def write_report(records, args, command):
         "shared parameters along the combination of task gradients that "
         "projects equally onto each task's gradient direction (its weights, "
         "which sum to 1, are logged as `<task>_imtl_alpha`).",
+        "- Nash-MTL keeps the fixed weights and moves the shared parameters "
+        "along the tasks' Nash bargaining solution, clipped to norm 1 "
+        "(its per-step weights are logged as `<task>_nash_alpha`).",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "
@@ -661,16 +665,15 @@ def _ablation_lines(records):
 
 
 def _git():
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            + " (plus uncommitted work in the tree)"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short", "HEAD") + (
+            " (plus uncommitted work in the tree)" if dirty else ""
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

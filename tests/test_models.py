@@ -66,7 +66,9 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "weighting", [None, "fixed", "gradnorm", "mgda", "cagrad", "imtl"], ids=str
+    "weighting",
+    [None, "fixed", "gradnorm", "mgda", "cagrad", "imtl", "nash_mtl"],
+    ids=str,
 )
 def test_fit_traces_the_train_step_once(weighting):
     # Loss trackers, metric and optimizer variables created inside the

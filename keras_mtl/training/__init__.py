@@ -4,10 +4,10 @@
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
   `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`,
-  `IMTLWeighting`; per-task learning-rate multipliers; inverse propensity
-  weighting of a task's loss by another task's prediction (`propensity=`,
-  ESCM²'s counterfactual CVR loss); task weights logged every epoch
-  (`TaskWeightLogger`).
+  `IMTLWeighting`, `NashMTLWeighting`; per-task learning-rate multipliers;
+  inverse propensity weighting of a task's loss by another task's
+  prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task weights
+  logged every epoch (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -38,6 +38,7 @@ from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
 from keras_mtl.training.weighting import IMTLWeighting
 from keras_mtl.training.weighting import MGDAWeighting
+from keras_mtl.training.weighting import NashMTLWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
@@ -48,6 +49,7 @@ from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
 from keras_mtl.training.weighting import imtl_weights
 from keras_mtl.training.weighting import mgda_weights
+from keras_mtl.training.weighting import nash_mtl_weights
 from keras_mtl.training.weighting import pcgrad_project
 from keras_mtl.training.weighting import uncertainty_loss
 
@@ -63,6 +65,7 @@ __all__ = [
     "MGDAWeighting",
     "MultiTaskEarlyStopping",
     "MultiTaskModel",
+    "NashMTLWeighting",
     "PCGradWeighting",
     "RLWWeighting",
     "TaskWeightLogger",
@@ -82,6 +85,7 @@ __all__ = [
     "log_gate_diagnostics",
     "model_features",
     "mgda_weights",
+    "nash_mtl_weights",
     "pcgrad_project",
     "save_model",
     "uncertainty_loss",

@@ -27,14 +27,18 @@ it) into the objective the optimizer descends:
   along the combination of task gradients that projects equally onto every
   task's gradient direction (IMTL-G), and learned loss scales make the
   scaled losses equal (IMTL-L) (Liu et al., 2021).
+- `NashMTLWeighting`: the shared variables move along the Nash bargaining
+  solution of the tasks, `d = sum_k a_k g_k` with `g_k . d = 1 / a_k`
+  (Navon et al., 2022).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`mgda_weights`, `cagrad_direction`, `imtl_weights` and `gradnorm_gradient`
-implement the published formulas with `keras.ops` and run on every
-backend; GradNorm, PCGrad, MGDA, CAGrad and IMTL additionally need per-task
-gradients, which `MultiTaskModel` computes on the TensorFlow backend.
+`mgda_weights`, `cagrad_direction`, `imtl_weights`, `nash_mtl_weights` and
+`gradnorm_gradient` implement the published formulas with `keras.ops` and
+run on every backend; GradNorm, PCGrad, MGDA, CAGrad, IMTL and Nash-MTL
+additionally need per-task gradients, which `MultiTaskModel` computes on
+the TensorFlow backend.
 """
 
 import math
@@ -55,9 +59,17 @@ STRATEGIES = (
     "mgda",
     "cagrad",
     "imtl",
+    "nash_mtl",
 )
 # Gradient-based strategies need one backward pass per task.
-TASK_GRADIENT_STRATEGIES = ("gradnorm", "pcgrad", "mgda", "cagrad", "imtl")
+TASK_GRADIENT_STRATEGIES = (
+    "gradnorm",
+    "pcgrad",
+    "mgda",
+    "cagrad",
+    "imtl",
+    "nash_mtl",
+)
 _EPSILON = 1e-12
 
 
@@ -455,6 +467,68 @@ def imtl_weights(grads):
         projected + is_ref + zero_rows * ops.eye(num_tasks, dtype=grads.dtype)
     )
     return ops.lstsq(system, is_ref[:, 0])
+
+
+def nash_mtl_weights(grads, iterations=20):
+    """Nash-MTL's weights: the Nash bargaining solution among the tasks.
+
+    The weights `a > 0` solve `(G G^T) a = 1 / a`: the direction
+    `d = sum_k a_k g_k` gives every task `g_k . d = 1 / a_k`, the point
+    where each task's share of the improvement balances its weight
+    (Navon et al.'s condition). It is the stationarity condition of the
+    strictly convex `f(a) = a^T G G^T a / 2 - sum_k log a_k`, which is
+    self-concordant, so damped Newton steps from `a_k = 1 / |g_k|` (the
+    solution when the gradients are orthogonal) stay positive and converge
+    (the paper and LibMTL solve a sequence of convex approximations with
+    cvxpy instead). It is solved on the unit gradients (whose weights are
+    `a_k |g_k|`, so the conditioning depends on the angles only), with a
+    ridge of 1e-6 on their cosine matrix that keeps `a` finite where the
+    gradients are linearly dependent. The direction does not change when
+    a task's gradient is rescaled (its weight rescales inversely), nor
+    when all of them are: its length does not shrink with the gradients.
+    A task whose gradient is zero (no labelled rows of it in the batch)
+    gets weight 0.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        iterations: int. Newton steps. Defaults to `20` (LibMTL's number
+            of solver iterations).
+
+    Returns:
+        A tensor `(num_tasks,)` of non-negative weights.
+
+    Example:
+
+    >>> keras_mtl.training.nash_mtl_weights([[1.0, 0.0], [0.0, 2.0]])
+    [1.0, 0.5]
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML
+        2022. https://arxiv.org/abs/2202.01017
+    """
+    grads = _check_task_grads(grads)
+    _check_iterations(iterations)
+    num_tasks = grads.shape[0]
+    eye = ops.eye(num_tasks, dtype=grads.dtype)
+    gram = ops.matmul(grads, ops.transpose(grads))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
+    valid = ops.cast(norms > _EPSILON * ops.max(norms), grads.dtype)
+    safe = ops.where(valid > 0, norms, 1.0)
+    # Solved on unit gradients (the cosines), whose weights are
+    # `a_k |g_k|`: the conditioning then depends on the angles only. A task
+    # without gradient gets a unit row (its equation a = 1 / a, apart from
+    # the others); it is zeroed below.
+    both = valid[:, None] * valid[None, :]
+    cosines = both * gram / (safe[:, None] * safe[None, :])
+    cosines = cosines + (1.0 - valid + 1e-6 * valid)[:, None] * eye
+    a = ops.ones((num_tasks,), dtype=grads.dtype)
+    for _ in range(iterations):
+        slope = ops.matmul(cosines, a) - 1.0 / a
+        hessian = cosines + eye / (a * a)[:, None]
+        step = ops.solve(hessian, slope)
+        decrement = ops.sqrt(ops.maximum(ops.sum(slope * step), 0.0))
+        a = a - step / (1.0 + decrement)
+    return valid * a / safe
 
 
 def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
@@ -1369,6 +1443,67 @@ class IMTLWeighting(_SolvedWeighting):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class NashMTLWeighting(_SolvedWeighting):
+    """Nash-MTL: shared variables follow the tasks' bargaining solution.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables the update direction is `d = sum_k a_k g_k` with
+    `a = nash_mtl_weights(g)`: every task gets `g_k . d = 1 / a_k`, the
+    Nash bargaining solution of the tasks (it does not depend on the
+    gradients' scales, so the fixed task weights only decide which tasks
+    take part). `d` is then clipped to `max_norm` (Navon et al.'s and
+    LibMTL's default, 1.0): its length does not shrink as the gradients
+    do. Task-specific variables (towers, heads) get their own task's
+    gradient and auxiliary losses are added unchanged, as in the other
+    gradient strategies here (the reference code also scales the towers'
+    gradients by `a_k`). The last step's `a` is logged per epoch as
+    `<task>_nash_alpha`. Needs the TensorFlow backend (one backward pass
+    per task).
+
+    Args:
+        iterations: int. Newton steps of the solver per training step.
+            Defaults to `20`.
+        max_norm: float >= 0. The largest norm of the shared update; 0
+            does not clip. Defaults to `1.0`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting="nash_mtl")
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML
+        2022. https://arxiv.org/abs/2202.01017
+    """
+
+    strategy_name = "nash_mtl"
+    log_name = "nash_alpha"
+
+    def __init__(self, iterations=20, max_norm=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.iterations = _check_iterations(iterations)
+        self.max_norm = _check_positive("max_norm", max_norm, allow_zero=True)
+
+    def solve(self, flat):
+        alpha = nash_mtl_weights(flat, self.iterations)
+        direction = ops.matmul(ops.expand_dims(alpha, 0), flat)[0]
+        if self.max_norm > 0:
+            norm = ops.sqrt(ops.sum(direction * direction))
+            direction = direction * ops.minimum(
+                1.0, self.max_norm / ops.maximum(norm, _EPSILON)
+            )
+        return direction, alpha
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"iterations": self.iterations, "max_norm": self.max_norm}
+        )
+        return config
+
+
 _CLASSES = {
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -1379,6 +1514,7 @@ _CLASSES = {
     "mgda": MGDAWeighting,
     "cagrad": CAGradWeighting,
     "imtl": IMTLWeighting,
+    "nash_mtl": NashMTLWeighting,
 }
 
 
@@ -1387,8 +1523,8 @@ def get(identifier):
 
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
-            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`; a
-            mapping `{"name": ..., **arguments}` (e.g.
+            `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
+            `"nash_mtl"`; a mapping `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).
 

@@ -382,6 +382,53 @@ def test_imtl_gradients_alone_with_one_trained_task_is_plain_training(
     assert history.history["t1_weight"] == [0.0]
 
 
+def _nash_reference(flat):
+    """Nash-MTL's weights of two or more gradients, in float64 by SciPy:
+    the minimum of `a^T G G^T a / 2 - sum_k log a_k`."""
+    from scipy.optimize import minimize
+
+    grads = np.asarray(flat, dtype="float64")
+    gram = grads @ grads.T
+    result = minimize(
+        lambda a: a @ gram @ a / 2 - np.sum(np.log(a)),
+        1.0 / np.linalg.norm(grads, axis=1),
+        jac=lambda a: gram @ a - 1.0 / a,
+        bounds=[(1e-9, None)] * len(grads),
+        method="L-BFGS-B",
+        options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10000},
+    )
+    return result.x
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 0.0], ids=["clipped", "unclipped"])
+def test_nash_mtl_step_moves_shared_variables_along_the_bargaining_direction(
+    make_problem, max_norm
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    alpha = _nash_reference(flat)
+    np.testing.assert_allclose(
+        alpha * (np.stack(flat) @ (alpha @ np.stack(flat))), 1.0, rtol=1e-6
+    )
+    direction = alpha @ np.asarray(flat, dtype="float64")
+    norm = np.linalg.norm(direction)
+    assert norm > 1.0  # the default clips it
+    if max_norm:
+        direction = direction * max_norm / norm
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "nash_mtl", "max_norm": max_norm},
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    _assert_one_sgd_step(model, start, per_task, shared, direction)
+    logged = [history.history[f"t{k}_nash_alpha"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, alpha, rtol=1e-3)
+
+
 @pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)
 def test_kernel_regularizer_adds_its_gradient_to_every_kernel(
     make_problem, weighting

@@ -19,6 +19,7 @@ from keras_mtl import training
         {"name": "rlw", "seed": 1},
         {"name": "cagrad", "c": 0.4},
         {"name": "imtl", "loss_scale": False},
+        {"name": "nash_mtl", "max_norm": 0.5},
     ],
     ids=[
         "fixed",
@@ -29,6 +30,7 @@ from keras_mtl import training
         "rlw",
         "cagrad",
         "imtl",
+        "nash_mtl",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):
@@ -45,6 +47,7 @@ def test_resolve_config_accepts_strategies(weighting):
         ({"name": "mgda", "iterations": 0}, "`iterations` must be"),
         ({"name": "cagrad", "c": -1}, "`c` must be"),
         ({"name": "imtl", "loss_scale": "yes"}, "`loss_scale` must be"),
+        ({"name": "nash_mtl", "max_norm": -1}, "`max_norm` must be"),
         ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
         (3, "must be a strategy name"),
     ],
@@ -54,6 +57,7 @@ def test_resolve_config_accepts_strategies(weighting):
         "mgda_iterations",
         "cagrad_radius",
         "imtl_loss_scale",
+        "nash_max_norm",
         "no_name",
         "not_a_name",
     ],

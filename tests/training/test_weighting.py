@@ -1,5 +1,5 @@
-"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, DWA, uncertainty
-and GradNorm."""
+"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, Nash-MTL, DWA,
+uncertainty and GradNorm."""
 
 import keras
 import numpy as np
@@ -386,7 +386,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = names.split()
+    names = (names + " nash_mtl").split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -465,6 +465,74 @@ def test_imtl_tasks_without_gradient_and_parallel_tasks():
         training.IMTLWeighting(loss_scale="yes")
 
 
+def _nash_residual(grads, alpha):
+    """Nash-MTL's condition `a_k (G G^T a)_k = 1`, in float64."""
+    grads = np.asarray(grads, dtype="float64")
+    return alpha * (grads @ grads.T @ alpha) - 1.0
+
+
+@pytest.mark.backend
+def test_nash_mtl_solves_the_bargaining_condition():
+    rng = np.random.default_rng(5)
+    for num_tasks in (1, 2, 3, 4, 5):
+        for _ in range(10):
+            grads = rng.normal(size=(num_tasks, 12))
+            if num_tasks > 1:
+                grads[1] -= 0.8 * grads[0]  # a conflict
+            grads *= rng.uniform(0.01, 100.0, size=(num_tasks, 1))
+            alpha = _np(training.nash_mtl_weights(grads.astype("float32")))
+            assert np.all(alpha > 0)
+            np.testing.assert_allclose(
+                _nash_residual(grads, alpha), 0.0, atol=1e-3
+            )
+            # Every task's directional derivative is 1 / a_k.
+            d = alpha @ grads
+            np.testing.assert_allclose(grads @ d, 1.0 / alpha, rtol=1e-3)
+
+
+@pytest.mark.backend
+def test_nash_mtl_direction_ignores_gradient_scales():
+    grads = np.array([[2.0, 0.0, 1.0], [-1.0, 1.0, 0.0], [0.5, -2.0, 1.0]])
+    alpha = _np(training.nash_mtl_weights(grads.astype("float32")))
+    scales = np.array([100.0, 1.0, 0.01])
+    scaled = _np(
+        training.nash_mtl_weights((grads * scales[:, None]).astype("float32"))
+    )
+    np.testing.assert_allclose(scaled, alpha / scales, rtol=1e-4)
+    np.testing.assert_allclose(
+        scaled @ (grads * scales[:, None]), alpha @ grads, rtol=1e-4
+    )
+    # Orthogonal gradients: a_k = 1 / |g_k|.
+    np.testing.assert_allclose(
+        _np(training.nash_mtl_weights([[1.0, 0.0], [0.0, 2.0]])),
+        [1.0, 0.5],
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.backend
+def test_nash_mtl_tasks_without_gradient_and_opposite_gradients():
+    grads = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    alpha = _np(training.nash_mtl_weights(grads.astype("float32")))
+    assert alpha[1] == 0.0
+    np.testing.assert_allclose(
+        _nash_residual(grads[[0, 2]], alpha[[0, 2]]), 0.0, atol=1e-4
+    )
+    # Opposite gradients (a Pareto-stationary point): finite weights and
+    # no shared update.
+    grads = np.array([[1.0, 2.0], [-1.0, -2.0]], "float32")
+    alpha = _np(training.nash_mtl_weights(grads))
+    assert np.all(np.isfinite(alpha))
+    assert np.linalg.norm(alpha @ grads) < 1e-3 * np.linalg.norm(grads[0])
+    np.testing.assert_array_equal(
+        _np(training.nash_mtl_weights(np.zeros((2, 3), "float32"))), [0, 0]
+    )
+    with pytest.raises(ValueError, match="`iterations` must be"):
+        training.nash_mtl_weights(grads, iterations=0)
+    with pytest.raises(ValueError, match="`max_norm` must be"):
+        training.NashMTLWeighting(max_norm=-1.0)
+
+
 def _tiny_model():
     inputs = {"x": keras.Input((3,), name="x")}
     hidden = keras.layers.Dense(4, name="shared")(inputs["x"])
@@ -483,9 +551,10 @@ def _tiny_model():
         {"weighting": "pcgrad"},
         {"weighting": "mgda"},
         {"weighting": "imtl"},
+        {"weighting": "nash_mtl"},
         {"lr_multipliers": {"a": 2.0}},
     ],
-    ids=["gradnorm", "pcgrad", "mgda", "imtl", "lr_multipliers"],
+    ids=["gradnorm", "pcgrad", "mgda", "imtl", "nash_mtl", "lr_multipliers"],
 )
 def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     model, tasks = _tiny_model()
