@@ -308,6 +308,11 @@ def mgda_weights(grads, iterations=50):
     return ops.maximum(alpha, 0.0)
 
 
+def _combine(weights, grads):
+    """`sum_k weights_k grads_k`: `(num_tasks,)` and `(num_tasks, dim)`."""
+    return ops.matmul(ops.expand_dims(weights, 0), grads)[0]
+
+
 def _check_task_grads(grads):
     grads = ops.convert_to_tensor(grads)
     if len(grads.shape) != 2 or grads.shape[0] is None:
@@ -402,7 +407,7 @@ def cagrad_direction(grads, c=0.5, iterations=50):
         for _ in range(iterations):
             w = _cagrad_step(w, gram, g0_gram, radius)
         w = ops.maximum(w, 0.0)
-    g_w = ops.matmul(ops.expand_dims(w, 0), grads)[0]
+    g_w = _combine(w, grads)
     g_w_norm = ops.sqrt(ops.sum(g_w * g_w))
     g0 = ops.sum(grads, axis=0)
     scale = radius / (g_w_norm + 1e-8)
@@ -1288,7 +1293,7 @@ class MGDAWeighting(_SolvedWeighting):
 
     def solve(self, flat):
         alpha = mgda_weights(flat, self.iterations)
-        return ops.matmul(ops.expand_dims(alpha, 0), flat)[0], alpha
+        return _combine(alpha, flat), alpha
 
     def get_config(self):
         config = super().get_config()
@@ -1424,7 +1429,7 @@ class IMTLWeighting(_SolvedWeighting):
 
     def solve(self, flat):
         alpha = imtl_weights(flat)
-        return ops.matmul(ops.expand_dims(alpha, 0), flat)[0], alpha
+        return _combine(alpha, flat), alpha
 
     def task_gradients(self, context):
         grads = _shared_surgery_gradients(self, context)
@@ -1488,7 +1493,7 @@ class NashMTLWeighting(_SolvedWeighting):
 
     def solve(self, flat):
         alpha = nash_mtl_weights(flat, self.iterations)
-        direction = ops.matmul(ops.expand_dims(alpha, 0), flat)[0]
+        direction = _combine(alpha, flat)
         if self.max_norm > 0:
             norm = ops.sqrt(ops.sum(direction * direction))
             direction = direction * ops.minimum(
