@@ -17,8 +17,8 @@ shuffling; the data splits are fixed).
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
 `mgda`, `rlw`, `cagrad` (c 0.5), `imtl` (IMTL-G with IMTL-L's learned loss
-scales), `nash_mtl` (max_norm 1.0) (`keras_mtl.training.compile`), and the
-two baselines from the seeds:
+scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`
+(`keras_mtl.training.compile`), and the two baselines from the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -66,6 +66,7 @@ STRATEGIES = (
     "cagrad",
     "imtl",
     "nash_mtl",
+    "aligned_mtl",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -582,6 +583,11 @@ def write_report(records, args, command):
         "- Nash-MTL keeps the fixed weights and moves the shared parameters "
         "along the tasks' Nash bargaining solution, clipped to norm 1 "
         "(its per-step weights are logged as `<task>_nash_alpha`).",
+        "- Aligned-MTL keeps the fixed weights and moves the shared "
+        "parameters along the sum of the task gradients made orthogonal "
+        "with equal norms, weighted by the fixed weights (its per-step "
+        "weights of the task gradients are logged as "
+        "`<task>_aligned_alpha`).",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "

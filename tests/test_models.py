@@ -67,7 +67,16 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
 
 @pytest.mark.parametrize(
     "weighting",
-    [None, "fixed", "gradnorm", "mgda", "cagrad", "imtl", "nash_mtl"],
+    [
+        None,
+        "fixed",
+        "gradnorm",
+        "mgda",
+        "cagrad",
+        "imtl",
+        "nash_mtl",
+        "aligned_mtl",
+    ],
     ids=str,
 )
 def test_fit_traces_the_train_step_once(weighting):

@@ -4,10 +4,10 @@
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
   `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`,
-  `IMTLWeighting`, `NashMTLWeighting`; per-task learning-rate multipliers;
-  inverse propensity weighting of a task's loss by another task's
-  prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task weights
-  logged every epoch (`TaskWeightLogger`).
+  `IMTLWeighting`, `NashMTLWeighting`, `AlignedMTLWeighting`; per-task
+  learning-rate multipliers; inverse propensity weighting of a task's loss
+  by another task's prediction (`propensity=`, ESCM²'s counterfactual CVR
+  loss); task weights logged every epoch (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -32,6 +32,7 @@ from keras_mtl.training.multitask_model import MultiTaskModel
 from keras_mtl.training.multitask_model import check_propensity
 from keras_mtl.training.multitask_model import compile
 from keras_mtl.training.weighting import STRATEGIES
+from keras_mtl.training.weighting import AlignedMTLWeighting
 from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FixedWeighting
@@ -43,6 +44,7 @@ from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
 from keras_mtl.training.weighting import WeightingStrategy
+from keras_mtl.training.weighting import aligned_mtl_weights
 from keras_mtl.training.weighting import cagrad_direction
 from keras_mtl.training.weighting import dwa_weights
 from keras_mtl.training.weighting import get as get_weighting
@@ -55,6 +57,7 @@ from keras_mtl.training.weighting import uncertainty_loss
 
 __all__ = [
     "STRATEGIES",
+    "AlignedMTLWeighting",
     "CAGradWeighting",
     "DWAWeighting",
     "FixedWeighting",
@@ -71,6 +74,7 @@ __all__ = [
     "TaskWeightLogger",
     "UncertaintyWeighting",
     "WeightingStrategy",
+    "aligned_mtl_weights",
     "cagrad_direction",
     "category_ids",
     "check_propensity",

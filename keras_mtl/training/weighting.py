@@ -30,15 +30,18 @@ it) into the objective the optimizer descends:
 - `NashMTLWeighting`: the shared variables move along the Nash bargaining
   solution of the tasks, `d = sum_k a_k g_k` with `g_k . d = 1 / a_k`
   (Navon et al., 2022).
+- `AlignedMTLWeighting`: the task gradients are aligned (made orthogonal,
+  of equal norms, the condition number of their matrix 1) before they are
+  summed with the fixed weights (Senushkin et al., 2023).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`mgda_weights`, `cagrad_direction`, `imtl_weights`, `nash_mtl_weights` and
-`gradnorm_gradient` implement the published formulas with `keras.ops` and
-run on every backend; GradNorm, PCGrad, MGDA, CAGrad, IMTL and Nash-MTL
-additionally need per-task gradients, which `MultiTaskModel` computes on
-the TensorFlow backend.
+`mgda_weights`, `cagrad_direction`, `imtl_weights`, `nash_mtl_weights`,
+`aligned_mtl_weights` and `gradnorm_gradient` implement the published
+formulas with `keras.ops` and run on every backend; GradNorm, PCGrad, MGDA,
+CAGrad, IMTL, Nash-MTL and Aligned-MTL additionally need per-task
+gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -60,6 +63,7 @@ STRATEGIES = (
     "cagrad",
     "imtl",
     "nash_mtl",
+    "aligned_mtl",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -69,6 +73,7 @@ TASK_GRADIENT_STRATEGIES = (
     "cagrad",
     "imtl",
     "nash_mtl",
+    "aligned_mtl",
 )
 _EPSILON = 1e-12
 
@@ -534,6 +539,57 @@ def nash_mtl_weights(grads, iterations=20):
         decrement = ops.sqrt(ops.maximum(ops.sum(slope * step), 0.0))
         a = a - step / (1.0 + decrement)
     return valid * a / safe
+
+
+def aligned_mtl_weights(grads, preferences=None):
+    """Aligned-MTL's weights: the task gradients aligned, then summed.
+
+    The aligned gradients `G' = B G` with `B = s_min (G G^T)^(-1/2)` (on
+    the span of the gradients; `s_min^2` the smallest non-zero eigenvalue
+    of `G G^T`) are orthogonal with equal norms `s_min`: the gradient
+    matrix's condition number becomes 1, so no task dominates by its
+    gradient's size and no two pull against each other, while the sum stays
+    of the order of the smallest gradient component. The direction is
+    `d = G'^T p = sum_k a_k g_k` with `a = B p`, `p` the tasks' preferences
+    (ones: the sum, Senushkin et al.'s and LibMTL's default). Eigenvalues
+    below the largest times `num_tasks` times the float32 epsilon are left
+    out (LibMTL's rank cut), so linearly dependent gradients, or a task
+    without gradient (weight 0), do not break it. For orthogonal gradients
+    of equal norms `a = p`: the weighted sum, unchanged.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        preferences: tensor `(num_tasks,)` or None. Weights of the aligned
+            gradients. Defaults to ones.
+
+    Returns:
+        A tensor `(num_tasks,)` of weights of the original gradients.
+
+    Example:
+
+    >>> keras_mtl.training.aligned_mtl_weights([[1.0, 0.0], [0.0, 2.0]])
+    [1.0, 0.5]
+
+    References:
+        Senushkin et al., "Independent Component Alignment for Multi-Task
+        Learning", CVPR 2023. https://arxiv.org/abs/2305.19000
+    """
+    grads = _check_task_grads(grads)
+    num_tasks = grads.shape[0]
+    if preferences is None:
+        preferences = ops.ones((num_tasks,), dtype=grads.dtype)
+    preferences = ops.cast(preferences, grads.dtype)
+    gram = ops.matmul(grads, ops.transpose(grads))
+    values, vectors = ops.eigh(gram)
+    tol = ops.max(values) * num_tasks * float(np.finfo("float32").eps)
+    keep = values > tol
+    safe = ops.where(keep, values, 1.0)
+    smallest = ops.min(ops.where(keep, values, np.inf))
+    scale = ops.where(keep, ops.sqrt(smallest / safe), 0.0)
+    # B = V diag(sqrt(s_min^2 / lambda)) V^T on the kept eigenvectors.
+    root = ops.matmul(vectors * scale[None, :], ops.transpose(vectors))
+    weights = ops.matmul(root, preferences[:, None])[:, 0]
+    return ops.where(ops.any(keep), weights, ops.zeros_like(weights))
 
 
 def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
@@ -1509,6 +1565,48 @@ class NashMTLWeighting(_SolvedWeighting):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class AlignedMTLWeighting(_SolvedWeighting):
+    """Aligned-MTL: shared variables follow the aligned task gradients.
+
+    Each task's gradient is computed separately. On the *shared* variables
+    the task gradients are aligned by `aligned_mtl_weights` (made
+    orthogonal with equal norms, the smallest singular value of their
+    matrix) and summed with the tasks' fixed weights as preferences:
+    conflicts and differences in gradient size no longer decide the update,
+    the fixed weights do. Task-specific variables (towers, heads) get their
+    own task's weighted gradient, and auxiliary losses are added unchanged,
+    as in `PCGradWeighting`. The last step's weights of the (unweighted)
+    task gradients are logged per epoch as `<task>_aligned_alpha`. Needs
+    the TensorFlow backend (one backward pass per task).
+
+    Args:
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting="aligned_mtl")
+
+    References:
+        Senushkin et al., "Independent Component Alignment for Multi-Task
+        Learning", CVPR 2023. https://arxiv.org/abs/2305.19000
+    """
+
+    strategy_name = "aligned_mtl"
+    log_name = "aligned_alpha"
+
+    def solve(self, flat):
+        # `flat` holds the weighted gradients w_k g_k; the alignment works
+        # on the gradients themselves and the weights are its preferences.
+        weights = ops.convert_to_tensor(
+            [w for w in self.base_weights if w > 0], flat.dtype
+        )
+        grads = flat / weights[:, None]
+        alpha = aligned_mtl_weights(grads, weights)
+        return _combine(alpha, grads), alpha
+
+
 _CLASSES = {
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -1520,6 +1618,7 @@ _CLASSES = {
     "cagrad": CAGradWeighting,
     "imtl": IMTLWeighting,
     "nash_mtl": NashMTLWeighting,
+    "aligned_mtl": AlignedMTLWeighting,
 }
 
 
@@ -1529,7 +1628,8 @@ def get(identifier):
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`; a mapping `{"name": ..., **arguments}` (e.g.
+            `"nash_mtl"`, `"aligned_mtl"`; a mapping
+            `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).
 

@@ -429,6 +429,39 @@ def test_nash_mtl_step_moves_shared_variables_along_the_bargaining_direction(
     np.testing.assert_allclose(logged, alpha, rtol=1e-3)
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_aligned_mtl_step_moves_shared_variables_along_the_aligned_sum(
+    make_problem, weight
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    tasks[1] = Task("t1", "regression", weight=weight)
+    # Two gradients: aligned, they are orthogonal with the norm of the
+    # smaller singular value; their sum weighted by the task weights is the
+    # shared update.
+    grads = np.asarray(flat, dtype="float64")
+    u, s, vt = np.linalg.svd(grads, full_matrices=False)
+    aligned = s.min() * u @ vt
+    gram = aligned @ aligned.T
+    np.testing.assert_allclose(gram, s.min() ** 2 * np.eye(2), atol=1e-12)
+    combined = np.array([1.0, weight]) @ aligned
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting="aligned_mtl",
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    # t1's own tower moves by its weighted gradient.
+    per_task[1] = [g * weight for g in per_task[1]]
+    _assert_one_sgd_step(model, start, per_task, shared, combined)
+    logged = [history.history[f"t{k}_aligned_alpha"][0] for k in (0, 1)]
+    alpha = np.linalg.lstsq(grads.T, combined, rcond=None)[0]
+    np.testing.assert_allclose(logged, alpha, rtol=1e-3)
+
+
 @pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)
 def test_kernel_regularizer_adds_its_gradient_to_every_kernel(
     make_problem, weighting

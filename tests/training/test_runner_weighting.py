@@ -20,6 +20,7 @@ from keras_mtl import training
         {"name": "cagrad", "c": 0.4},
         {"name": "imtl", "loss_scale": False},
         {"name": "nash_mtl", "max_norm": 0.5},
+        "aligned_mtl",
     ],
     ids=[
         "fixed",
@@ -31,6 +32,7 @@ from keras_mtl import training
         "cagrad",
         "imtl",
         "nash_mtl",
+        "aligned_mtl",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

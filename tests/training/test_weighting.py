@@ -1,5 +1,5 @@
-"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, Nash-MTL, DWA,
-uncertainty and GradNorm."""
+"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, Nash-MTL,
+Aligned-MTL, DWA, uncertainty and GradNorm."""
 
 import keras
 import numpy as np
@@ -386,7 +386,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = (names + " nash_mtl").split()
+    names = (names + " nash_mtl aligned_mtl").split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -533,6 +533,69 @@ def test_nash_mtl_tasks_without_gradient_and_opposite_gradients():
         training.NashMTLWeighting(max_norm=-1.0)
 
 
+def _aligned_reference(grads, preferences):
+    """Aligned-MTL in float64, as LibMTL computes it: `B = s_min V
+    diag(lambda^-1/2) V^T` on the eigenvalues above LibMTL's rank cut.
+    Returns the weights `B p` and the aligned gradients `B G`."""
+    grads = np.asarray(grads, dtype="float64")
+    values, vectors = np.linalg.eigh(grads @ grads.T)
+    keep = values > values.max() * len(grads) * np.finfo("float32").eps
+    values, vectors = values[keep], vectors[:, keep]
+    root = np.sqrt(values.min()) * (vectors / np.sqrt(values)) @ vectors.T
+    return root @ preferences, root @ grads
+
+
+@pytest.mark.backend
+def test_aligned_mtl_matches_the_reference_and_aligns_the_gradients():
+    rng = np.random.default_rng(6)
+    for num_tasks in (2, 3, 4, 5):
+        grads = rng.normal(size=(num_tasks, 12))
+        grads[1] -= 0.8 * grads[0]  # a conflict
+        grads *= rng.uniform(0.05, 20.0, size=(num_tasks, 1))
+        preferences = rng.uniform(0.5, 2.0, size=num_tasks)
+        alpha = _np(
+            training.aligned_mtl_weights(
+                grads.astype("float32"), preferences.astype("float32")
+            )
+        )
+        expected, aligned = _aligned_reference(grads, preferences)
+        np.testing.assert_allclose(alpha, expected, rtol=1e-4)
+        # The aligned gradients are orthogonal with equal norms, and the
+        # direction is their preference-weighted sum.
+        gram = aligned @ aligned.T
+        np.testing.assert_allclose(
+            gram, gram[0, 0] * np.eye(num_tasks), atol=1e-9 * gram[0, 0]
+        )
+        np.testing.assert_allclose(
+            alpha @ grads, preferences @ aligned, rtol=1e-4, atol=1e-6
+        )
+
+
+@pytest.mark.backend
+def test_aligned_mtl_degenerate_gradients():
+    # Orthogonal gradients of equal norms: the plain (weighted) sum.
+    np.testing.assert_allclose(
+        _np(training.aligned_mtl_weights([[2.0, 0.0], [0.0, 2.0]], [1, 3])),
+        [1.0, 3.0],
+        rtol=1e-6,
+    )
+    # A task without gradient gets weight 0; the others are aligned alone.
+    grads = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    alpha = _np(training.aligned_mtl_weights(grads.astype("float32")))
+    np.testing.assert_allclose(alpha[1], 0.0, atol=1e-6)
+    expected, _ = _aligned_reference(grads[[0, 2]], np.ones(2))
+    np.testing.assert_allclose(alpha[[0, 2]], expected, rtol=1e-5)
+    # Opposite gradients (a Pareto-stationary point): no shared update.
+    grads = np.array([[1.0, 2.0], [-1.0, -2.0]], "float32")
+    alpha = _np(training.aligned_mtl_weights(grads))
+    assert np.linalg.norm(alpha @ grads) < 1e-5
+    np.testing.assert_array_equal(
+        _np(training.aligned_mtl_weights(np.zeros((2, 3), "float32"))), [0, 0]
+    )
+    with pytest.raises(ValueError, match="`grads` must be a 2-D"):
+        training.aligned_mtl_weights([1.0, 2.0])
+
+
 def _tiny_model():
     inputs = {"x": keras.Input((3,), name="x")}
     hidden = keras.layers.Dense(4, name="shared")(inputs["x"])
@@ -552,9 +615,18 @@ def _tiny_model():
         {"weighting": "mgda"},
         {"weighting": "imtl"},
         {"weighting": "nash_mtl"},
+        {"weighting": "aligned_mtl"},
         {"lr_multipliers": {"a": 2.0}},
     ],
-    ids=["gradnorm", "pcgrad", "mgda", "imtl", "nash_mtl", "lr_multipliers"],
+    ids=[
+        "gradnorm",
+        "pcgrad",
+        "mgda",
+        "imtl",
+        "nash_mtl",
+        "aligned_mtl",
+        "lr_multipliers",
+    ],
 )
 def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     model, tasks = _tiny_model()
