@@ -687,7 +687,8 @@ def _git():
 
 def main():
     args = _parse()
-    command = ["nice -n 10 .venv/bin/python " + shlex.join(sys.argv)]
+    # The command as run: this process's niceness and arguments.
+    command = [f"nice -n {os.nice(0)} .venv/bin/python " + shlex.join(sys.argv)]
     if args.report_only and args.command:
         command = [*args.command, command[0] + " (this document)"]
     records = _done(args.raw)

@@ -153,6 +153,45 @@ class _GradientContext:
             ]
         return grads
 
+    # Gradients that may be sparse (`tf.IndexedSlices`: the rows of an
+    # embedding table a batch looked up).
+
+    @staticmethod
+    def is_sparse(grad):
+        import tensorflow as tf
+
+        return isinstance(grad, tf.IndexedSlices)
+
+    @staticmethod
+    def scale(grad, factor):
+        import tensorflow as tf
+
+        if isinstance(grad, tf.IndexedSlices):
+            return tf.IndexedSlices(
+                grad.values * factor, grad.indices, grad.dense_shape
+            )
+        return grad * factor
+
+    @staticmethod
+    def densify(grad):
+        import tensorflow as tf
+
+        return None if grad is None else tf.convert_to_tensor(grad)
+
+    @staticmethod
+    def add(parts):
+        """The sum of gradients; sparse while every part is sparse."""
+        import tensorflow as tf
+
+        if all(isinstance(p, tf.IndexedSlices) for p in parts):
+            return tf.IndexedSlices(
+                tf.concat([p.values for p in parts], axis=0),
+                tf.concat([p.indices for p in parts], axis=0),
+                parts[0].dense_shape,
+            )
+        parts = [tf.convert_to_tensor(p) for p in parts]
+        return sum(parts[1:], parts[0])
+
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class MultiTaskModel(keras.Model):

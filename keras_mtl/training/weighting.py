@@ -1165,28 +1165,42 @@ def _shared_surgery_gradients(strategy, context):
     variables two or more tasks depend on, the flattened task gradients
     `(num_active, dim)` go through `strategy.combine_shared`, which returns
     the combined `(dim,)` gradient; task-specific variables get their own
-    task's gradient. Auxiliary losses (KL bounds, regularisers) are added
-    unchanged everywhere.
+    task's gradient. With `strategy.shared_scope == "dense"`, shared
+    variables whose gradients are sparse (embedding tables) are left out of
+    the combination and get the sum of the weighted task gradients, kept
+    sparse. Auxiliary losses (KL bounds, regularisers) are added unchanged
+    everywhere.
     """
     active = [i for i, a in enumerate(strategy.active) if a > 0]
     variables = context.variables
-    shared = context.shared
+    shared = list(context.shared)
     weights = strategy.current_weights()
+    keep_sparse = strategy.shared_scope == "dense"
     per_task = []
     for i in active:
-        grads = context.gradient(context.scaled_losses[i], dense=True)
-        per_task.append([None if g is None else g * weights[i] for g in grads])
+        grads = context.gradient(
+            context.scaled_losses[i], dense=not keep_sparse
+        )
+        per_task.append(
+            [None if g is None else context.scale(g, weights[i]) for g in grads]
+        )
     extra = (
-        context.gradient(context.scaled_extra, dense=True)
+        context.gradient(context.scaled_extra, dense=not keep_sparse)
         if context.scaled_extra is not None
         else [None] * len(variables)
     )
+    for k in range(len(variables)):
+        if any(context.is_sparse(g[k]) for g in per_task):
+            shared[k] = False  # summed, not combined
+        else:
+            for g in per_task:
+                g[k] = context.densify(g[k])
 
     def summed(k):
         parts = [g[k] for g in per_task if g[k] is not None]
         if extra[k] is not None:
             parts.append(extra[k])
-        return sum(parts[1:], parts[0]) if parts else None
+        return context.add(parts) if parts else None
 
     shared_index = [k for k, is_shared in enumerate(shared) if is_shared]
     if not shared_index or not active:
@@ -1210,13 +1224,45 @@ def _shared_surgery_gradients(strategy, context):
         g = ops.reshape(combined[start : start + size], variables[k].shape)
         start += size
         if extra[k] is not None:
-            g = g + _dense(extra[k], variables[k])
+            g = g + _dense(context.densify(extra[k]), variables[k])
         out[k] = g
     return out
 
 
+SHARED_SCOPES = ("all", "dense")
+
+
+class _SurgeryWeighting(WeightingStrategy):
+    """A strategy that combines the per-task gradients of the shared
+    variables (`combine_shared`) and sums them on the others.
+
+    `shared_scope`: `"all"` combines on every shared variable; `"dense"`
+    leaves out the shared variables whose gradients are sparse (embedding
+    tables): they get the weighted sum of the task gradients, as with fixed
+    weights, kept sparse."""
+
+    needs_task_gradients = True
+
+    def __init__(self, shared_scope="all", **kwargs):
+        super().__init__(**kwargs)
+        if shared_scope not in SHARED_SCOPES:
+            raise ValueError(
+                f"`shared_scope` must be one of {SHARED_SCOPES}. "
+                f"Received: shared_scope={shared_scope!r}"
+            )
+        self.shared_scope = shared_scope
+
+    def task_gradients(self, context):
+        return _shared_surgery_gradients(self, context)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"shared_scope": self.shared_scope})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class PCGradWeighting(WeightingStrategy):
+class PCGradWeighting(_SurgeryWeighting):
     """PCGrad: fixed weights, with conflicting task gradients projected.
 
     Each task's weighted gradient is computed separately. On the *shared*
@@ -1231,6 +1277,10 @@ class PCGradWeighting(WeightingStrategy):
     Args:
         seed: int or None. Seed of the random task orders. Defaults to
             `None`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1243,15 +1293,11 @@ class PCGradWeighting(WeightingStrategy):
     """
 
     strategy_name = "pcgrad"
-    needs_task_gradients = True
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = _check_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def task_gradients(self, context):
-        return _shared_surgery_gradients(self, context)
 
     def combine_shared(self, flat):
         num = flat.shape[0]
@@ -1271,13 +1317,12 @@ class PCGradWeighting(WeightingStrategy):
         return config
 
 
-class _SolvedWeighting(WeightingStrategy):
+class _SolvedWeighting(_SurgeryWeighting):
     """A strategy whose shared-variable direction comes from weights solved
     per step (`combine_shared` returns the direction and the weights of the
     active tasks); the last step's weights are logged per epoch as
     `<task>_<log_name>`."""
 
-    needs_task_gradients = True
     log_name = None
 
     def create_state(self, num_tasks):
@@ -1298,9 +1343,6 @@ class _SolvedWeighting(WeightingStrategy):
         index = ops.convert_to_tensor([[i] for i in active], "int32")
         self.alpha.assign(ops.scatter(index, weights, (self.num_tasks,)))
         return direction
-
-    def task_gradients(self, context):
-        return _shared_surgery_gradients(self, context)
 
     def extra_logs(self):
         alpha = np.asarray(self.alpha)
@@ -1329,6 +1371,10 @@ class MGDAWeighting(_SolvedWeighting):
     Args:
         iterations: int. Steps of the min-norm solver (`mgda_weights`)
             per training step. Defaults to `50`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1377,6 +1423,10 @@ class CAGradWeighting(_SolvedWeighting):
             `0.5`.
         iterations: int. Steps of the inner solver per training step.
             Defaults to `50`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1436,6 +1486,10 @@ class IMTLWeighting(_SolvedWeighting):
     Args:
         loss_scale: bool. Learn the loss scales (IMTL-L). Defaults to
             `True`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1488,7 +1542,7 @@ class IMTLWeighting(_SolvedWeighting):
         return _combine(alpha, flat), alpha
 
     def task_gradients(self, context):
-        grads = _shared_surgery_gradients(self, context)
+        grads = super().task_gradients(context)
         if self.log_scales is not None:
             # d/ds_k of b_k (exp(s_k) L_k - s_k), in the optimizer's
             # (possibly loss-scaled) units like the other gradients.
@@ -1527,6 +1581,10 @@ class NashMTLWeighting(_SolvedWeighting):
             Defaults to `20`.
         max_norm: float >= 0. The largest norm of the shared update; 0
             does not clip. Defaults to `1.0`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1581,6 +1639,10 @@ class AlignedMTLWeighting(_SolvedWeighting):
     the TensorFlow backend (one backward pass per task).
 
     Args:
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:

@@ -4,10 +4,13 @@ import glob
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
+import keras_mtl
 from keras_mtl import Task
+from keras_mtl import data
 from keras_mtl import models
 from keras_mtl import training
 
@@ -460,6 +463,101 @@ def test_aligned_mtl_step_moves_shared_variables_along_the_aligned_sum(
     logged = [history.history[f"t{k}_aligned_alpha"][0] for k in (0, 1)]
     alpha = np.linalg.lstsq(grads.T, combined, rcond=None)[0]
     np.testing.assert_allclose(logged, alpha, rtol=1e-3)
+
+
+def _conflicting_embedding_model():
+    """A shared bottom over a numeric feature and an embedded categorical
+    one, with two regression tasks of opposite labels and identical heads.
+
+    Returns `(wrapper inputs, model, tasks, start, per_task)` with each
+    task's gradient of every weight, dense, computed by hand."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"x0": rng.standard_normal(200), "c": rng.choice(list("abcdef"), 200)}
+    )
+    effect = dict(zip("abcdef", [1.0, -1.0, 0.5, 0.0, 2.0, -0.5]))
+    frame["t0"] = frame["x0"] + frame["c"].map(effect)
+    frame["t1"] = -frame["t0"]
+    tasks = [Task("t0", "regression"), Task("t1", "regression")]
+    specs = keras_mtl.infer_features(frame, labels=["t0", "t1"])
+    arrays = data.dataframe_to_arrays(frame, specs, tasks)
+    keras.utils.set_random_seed(0)
+    model = models.shared_bottom(specs, tasks, bottom_units=[4], tower_units=[])
+    model.get_layer("t1").set_weights(model.get_layer("t0").get_weights())
+    start = [w.numpy().copy() for w in model.trainable_weights]
+    x, y, sw = arrays
+    inputs = {k: tf.constant(v) for k, v in x.items()}
+    per_task = []
+    for task in tasks:
+        with tf.GradientTape() as tape:
+            pred = model(inputs, training=True)[task.name]
+            loss = keras.losses.MeanSquaredError(
+                reduction="mean_with_sample_weight"
+            )(y[task.name], pred, sw[task.name])
+        grads = tape.gradient(loss, model.trainable_weights)
+        per_task.append(
+            [
+                np.zeros(w.shape) if g is None else tf.convert_to_tensor(g)
+                for g, w in zip(grads, model.trainable_weights)
+            ]
+        )
+    per_task = [[np.asarray(g) for g in grads] for grads in per_task]
+    return arrays, model, tasks, start, per_task
+
+
+def test_dense_shared_scope_sums_embedding_gradients_sparsely():
+    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+    paths = [w.path for w in model.trainable_weights]
+    table = paths.index("input_block/embedding_8/embeddings")
+    bottom = [k for k, p in enumerate(paths) if p.startswith("bottom/")]
+    # MGDA on the bottom alone (two tasks: the closed form).
+    g0, g1 = (
+        np.concatenate([grads[k].ravel() for k in bottom]).astype("float64")
+        for grads in per_task
+    )
+    a0 = np.clip((g1 - g0) @ g1 / ((g0 - g1) @ (g0 - g1)), 0.0, 1.0)
+    assert 0.0 < a0 < 1.0
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "mgda", "shared_scope": "dense"},
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    sparse = []
+    apply = wrapper._apply_gradients
+
+    def spy(grads, variables):
+        sparse.extend(v.path for g, v in zip(grads, variables) if _is_sparse(g))
+        return apply(grads, variables)
+
+    wrapper._apply_gradients = spy
+    history = _fit(wrapper, arrays, batch_size=200)
+    assert sparse == ["input_block/embedding_8/embeddings"]
+    np.testing.assert_allclose(history.history["t0_mgda_alpha"], [a0], 1e-4)
+    got = [w.numpy() for w in model.trainable_weights]
+    for k in range(len(paths)):
+        if k in bottom:
+            g = a0 * per_task[0][k] + (1 - a0) * per_task[1][k]
+        else:  # the table: the summed gradient; the heads: their own
+            g = per_task[0][k] + per_task[1][k]
+        np.testing.assert_allclose(
+            got[k], start[k] - 0.1 * g, rtol=1e-4, atol=1e-6
+        )
+    # With the default scope the table takes part in the combination.
+    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+    wrapper = _compile(
+        model, tasks, weighting="mgda", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    assert abs(history.history["t0_mgda_alpha"][0] - a0) > 1e-3
+    moved = model.trainable_weights[table].numpy() - start[table]
+    summed = -0.1 * (per_task[0][table] + per_task[1][table])
+    assert not np.allclose(moved, summed, rtol=1e-3)
+
+
+def _is_sparse(grad):
+    return isinstance(grad, tf.IndexedSlices)
 
 
 @pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)

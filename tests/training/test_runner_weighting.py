@@ -21,6 +21,7 @@ from keras_mtl import training
         {"name": "imtl", "loss_scale": False},
         {"name": "nash_mtl", "max_norm": 0.5},
         "aligned_mtl",
+        {"name": "pcgrad", "shared_scope": "dense"},
     ],
     ids=[
         "fixed",
@@ -33,6 +34,7 @@ from keras_mtl import training
         "imtl",
         "nash_mtl",
         "aligned_mtl",
+        "pcgrad_dense_scope",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):
@@ -50,6 +52,7 @@ def test_resolve_config_accepts_strategies(weighting):
         ({"name": "cagrad", "c": -1}, "`c` must be"),
         ({"name": "imtl", "loss_scale": "yes"}, "`loss_scale` must be"),
         ({"name": "nash_mtl", "max_norm": -1}, "`max_norm` must be"),
+        ({"name": "mgda", "shared_scope": "sparse"}, "`shared_scope` must be"),
         ({"alpha": 1.0}, "Unknown `weighting` strategy. Received: None"),
         (3, "must be a strategy name"),
     ],
@@ -60,6 +63,7 @@ def test_resolve_config_accepts_strategies(weighting):
         "cagrad_radius",
         "imtl_loss_scale",
         "nash_max_norm",
+        "shared_scope",
         "no_name",
         "not_a_name",
     ],
