@@ -167,6 +167,28 @@ def test_gradnorm_moves_the_gradient_norm_ratio_toward_its_target(
     assert training.last_shared_layer(model, ["t0", "t1"]).name == "bottom"
 
 
+def _mse_task_gradients(model, tasks, arrays):
+    """Each regression task's masked-MSE gradient of every trainable weight,
+    by hand (NumPy, dense; zeros where the task does not reach a weight)."""
+    x, y, sw = arrays
+    inputs = {k: tf.constant(v) for k, v in x.items()}
+    per_task = []
+    for task in tasks:
+        with tf.GradientTape() as tape:
+            pred = model(inputs, training=True)[task.name]
+            loss = keras.losses.MeanSquaredError(
+                reduction="mean_with_sample_weight"
+            )(y[task.name], pred, sw[task.name])
+        grads = tape.gradient(loss, model.trainable_weights)
+        per_task.append(
+            [
+                np.zeros(w.shape) if g is None else tf.convert_to_tensor(g)
+                for g, w in zip(grads, model.trainable_weights)
+            ]
+        )
+    return [[np.asarray(g) for g in grads] for grads in per_task]
+
+
 def _conflicting_shared_bottom(make_problem):
     """Two regression tasks with opposite labels on a shared bottom with
     identical heads, so their shared gradients conflict.
@@ -188,21 +210,7 @@ def _conflicting_shared_bottom(make_problem):
     # Identical heads: with opposite labels the shared gradients conflict.
     model.get_layer("t1").set_weights(model.get_layer("t0").get_weights())
     start = [w.numpy().copy() for w in model.trainable_weights]
-    inputs = {k: tf.constant(v) for k, v in x.items()}
-    per_task = []
-    for task in tasks:
-        with tf.GradientTape() as tape:
-            pred = model(inputs, training=True)[task.name]
-            loss = keras.losses.MeanSquaredError(
-                reduction="mean_with_sample_weight"
-            )(y[task.name], pred, sw[task.name])
-        grads = tape.gradient(loss, model.trainable_weights)
-        per_task.append(
-            [
-                np.zeros(w.shape) if g is None else g.numpy()
-                for g, w in zip(grads, model.trainable_weights)
-            ]
-        )
+    per_task = _mse_task_gradients(model, tasks, arrays)
     shared = ["bottom" in w.path for w in model.trainable_weights]
     flat = [
         np.concatenate([g.ravel() for g, s in zip(grads, shared) if s])
@@ -485,24 +493,13 @@ def _conflicting_embedding_model():
     model = models.shared_bottom(specs, tasks, bottom_units=[4], tower_units=[])
     model.get_layer("t1").set_weights(model.get_layer("t0").get_weights())
     start = [w.numpy().copy() for w in model.trainable_weights]
-    x, y, sw = arrays
-    inputs = {k: tf.constant(v) for k, v in x.items()}
-    per_task = []
-    for task in tasks:
-        with tf.GradientTape() as tape:
-            pred = model(inputs, training=True)[task.name]
-            loss = keras.losses.MeanSquaredError(
-                reduction="mean_with_sample_weight"
-            )(y[task.name], pred, sw[task.name])
-        grads = tape.gradient(loss, model.trainable_weights)
-        per_task.append(
-            [
-                np.zeros(w.shape) if g is None else tf.convert_to_tensor(g)
-                for g, w in zip(grads, model.trainable_weights)
-            ]
-        )
-    per_task = [[np.asarray(g) for g in grads] for grads in per_task]
-    return arrays, model, tasks, start, per_task
+    return (
+        arrays,
+        model,
+        tasks,
+        start,
+        _mse_task_gradients(model, tasks, arrays),
+    )
 
 
 def test_dense_shared_scope_sums_embedding_gradients_sparsely():
