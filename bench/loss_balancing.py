@@ -17,7 +17,7 @@ shuffling; the data splits are fixed).
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
 `mgda`, `rlw`, `cagrad` (c 0.5), `imtl` (IMTL-G with IMTL-L's learned loss
-scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`
+scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`, `famo`
 (`keras_mtl.training.compile`), and the two baselines from the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
@@ -67,6 +67,7 @@ STRATEGIES = (
     "imtl",
     "nash_mtl",
     "aligned_mtl",
+    "famo",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -588,6 +589,10 @@ def write_report(records, args, command):
         "with equal norms, weighted by the fixed weights (its per-step "
         "weights of the task gradients are logged as "
         "`<task>_aligned_alpha`).",
+        "- FAMO lists the weights of its last training step, `z_k / (c "
+        "L_k)` (they sum to 1): tasks with small losses get most of the "
+        "weight, and its learned logits shift weight toward the tasks "
+        "whose log loss falls slowest.",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "

@@ -76,6 +76,7 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
         "imtl",
         "nash_mtl",
         "aligned_mtl",
+        "famo",
     ],
     ids=str,
 )

@@ -4,10 +4,11 @@
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
   `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`,
-  `IMTLWeighting`, `NashMTLWeighting`, `AlignedMTLWeighting`; per-task
-  learning-rate multipliers; inverse propensity weighting of a task's loss
-  by another task's prediction (`propensity=`, ESCM²'s counterfactual CVR
-  loss); task weights logged every epoch (`TaskWeightLogger`).
+  `IMTLWeighting`, `NashMTLWeighting`, `AlignedMTLWeighting`,
+  `FAMOWeighting`; per-task learning-rate multipliers; inverse propensity
+  weighting of a task's loss by another task's prediction (`propensity=`,
+  ESCM²'s counterfactual CVR loss); task weights logged every epoch
+  (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -35,6 +36,7 @@ from keras_mtl.training.weighting import STRATEGIES
 from keras_mtl.training.weighting import AlignedMTLWeighting
 from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DWAWeighting
+from keras_mtl.training.weighting import FAMOWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
 from keras_mtl.training.weighting import IMTLWeighting
@@ -47,6 +49,8 @@ from keras_mtl.training.weighting import WeightingStrategy
 from keras_mtl.training.weighting import aligned_mtl_weights
 from keras_mtl.training.weighting import cagrad_direction
 from keras_mtl.training.weighting import dwa_weights
+from keras_mtl.training.weighting import famo_logits_gradient
+from keras_mtl.training.weighting import famo_objective
 from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
 from keras_mtl.training.weighting import imtl_weights
@@ -60,6 +64,7 @@ __all__ = [
     "AlignedMTLWeighting",
     "CAGradWeighting",
     "DWAWeighting",
+    "FAMOWeighting",
     "FixedWeighting",
     "GateDiagnostics",
     "GateProbe",
@@ -80,6 +85,8 @@ __all__ = [
     "check_propensity",
     "compile",
     "dwa_weights",
+    "famo_logits_gradient",
+    "famo_objective",
     "gate_diagnostics",
     "get_weighting",
     "gradnorm_gradient",

@@ -208,11 +208,11 @@ class MultiTaskModel(keras.Model):
     `keras.callbacks.TensorBoard`) and per-task losses as `<task>_loss`.
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
-    `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`, `"aligned_mtl"`) and
-    `lr_multipliers` use a custom `train_step` implemented for the
-    TensorFlow backend; other backends get a `NotImplementedError` naming
-    the backend. `"fixed"`, `"uncertainty"`, `"dwa"` and `"rlw"` run on
-    every backend.
+    `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`, `"aligned_mtl"`), the
+    batch's losses after the update (`"famo"`) and `lr_multipliers` use a
+    custom `train_step` implemented for the TensorFlow backend; other
+    backends get a `NotImplementedError` naming the backend. `"fixed"`,
+    `"uncertainty"`, `"dwa"` and `"rlw"` run on every backend.
 
     The serving model is `wrapper.model`, a plain functional model: saving
     (`wrapper.save(path)`) writes it, so loading and predicting never need
@@ -318,21 +318,23 @@ class MultiTaskModel(keras.Model):
         if shared_layer is not None:
             graph.get_layer(model, shared_layer)
         self.shared_layer = shared_layer
-        self._custom_step = self.weighting.needs_task_gradients or bool(
-            self.lr_multipliers
+        custom_weighting = (
+            self.weighting.needs_task_gradients
+            or self.weighting.needs_post_step
         )
+        self._custom_step = custom_weighting or bool(self.lr_multipliers)
         if self._custom_step and keras.backend.backend() != "tensorflow":
             what = (
                 f"weighting='{self.weighting.strategy_name}'"
-                if self.weighting.needs_task_gradients
+                if custom_weighting
                 else "`lr_multipliers`"
             )
             raise NotImplementedError(
-                f"{what} needs per-task gradients in a custom train_step, "
+                f"{what} needs a custom train_step, "
                 "implemented for the TensorFlow backend only. The current "
                 f"backend is '{keras.backend.backend()}'. Set "
                 "KERAS_BACKEND=tensorflow, or use weighting='fixed', "
-                "'uncertainty' or 'dwa' without `lr_multipliers`."
+                "'uncertainty', 'dwa' or 'rlw' without `lr_multipliers`."
             )
         self.task_loss_trackers = [
             keras.metrics.Mean(name=f"{t.name}_loss") for t in tasks
@@ -403,7 +405,7 @@ class MultiTaskModel(keras.Model):
 
     # -- losses ------------------------------------------------------------
 
-    def _task_losses(self, y, y_pred, sample_weight):
+    def _task_losses(self, y, y_pred, sample_weight, track=True):
         if self._loss_fns is None:
             raise ValueError("Compile the MultiTaskModel before training.")
         if not isinstance(y, dict):
@@ -428,9 +430,11 @@ class MultiTaskModel(keras.Model):
                     weight, y_pred[self.propensity[task.name]]
                 )
             value = ops.cast(loss_fn(y[task.name], pred, weight), "float32")
-            tracker.update_state(
-                value, sample_weight=ops.cast(ops.shape(pred)[0], "float32")
-            )
+            if track:
+                tracker.update_state(
+                    value,
+                    sample_weight=ops.cast(ops.shape(pred)[0], "float32"),
+                )
             values.append(value)
         return ops.stack(values)
 
@@ -528,7 +532,28 @@ class MultiTaskModel(keras.Model):
             grads = tape.gradient(scaled_total, variables)
         del tape
         self._apply_gradients(grads, variables)
+        if strategy.needs_post_step:
+            self._post_step(x, y, sample_weight, task_losses)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _post_step(self, x, y, sample_weight, losses_before):
+        """Hands the strategy the batch's losses after the update (FAMO).
+
+        The extra forward pass runs in training mode, like the first, and
+        the model's non-trainable state (batch-norm statistics, dropout
+        seeds) is restored afterwards, as the update left it.
+        """
+        import tensorflow as tf
+
+        state = self.model.non_trainable_variables
+        saved = [tf.identity(v.value) for v in state]
+        y_after = self(x, training=True)
+        losses_after = self._task_losses(y, y_after, sample_weight, track=False)
+        for v, value in zip(state, saved):
+            v.assign(value)
+        self.weighting.after_step(
+            ops.stop_gradient(losses_before), ops.stop_gradient(losses_after)
+        )
 
     def _apply_gradients(self, grads, variables):
         import tensorflow as tf
@@ -611,7 +636,7 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         tasks: list of `keras_mtl.Task`.
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`, a mapping
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

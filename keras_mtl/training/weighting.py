@@ -33,13 +33,17 @@ it) into the objective the optimizer descends:
 - `AlignedMTLWeighting`: the task gradients are aligned (made orthogonal,
   of equal norms, the condition number of their matrix 1) before they are
   summed with the fixed weights (Senushkin et al., 2023).
+- `FAMOWeighting`: fast adaptive multitask optimization, weights that make
+  the tasks' log losses fall at equal rates, without per-task gradients
+  (Liu et al., 2023).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
 `mgda_weights`, `cagrad_direction`, `imtl_weights`, `nash_mtl_weights`,
-`aligned_mtl_weights` and `gradnorm_gradient` implement the published
-formulas with `keras.ops` and run on every backend; GradNorm, PCGrad, MGDA,
+`aligned_mtl_weights`, `famo_objective`, `famo_logits_gradient` and
+`gradnorm_gradient` implement the published formulas with `keras.ops` and
+run on every backend; GradNorm, PCGrad, MGDA,
 CAGrad, IMTL, Nash-MTL and Aligned-MTL additionally need per-task
 gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
@@ -64,6 +68,7 @@ STRATEGIES = (
     "imtl",
     "nash_mtl",
     "aligned_mtl",
+    "famo",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -592,6 +597,67 @@ def aligned_mtl_weights(grads, preferences=None):
     return ops.where(ops.any(keep), weights, ops.zeros_like(weights))
 
 
+def _famo_gaps(task_losses, min_losses):
+    losses = ops.convert_to_tensor(task_losses, "float32")
+    floor = 0.0 if min_losses is None else ops.cast(min_losses, "float32")
+    return losses - floor + 1e-8
+
+
+def famo_objective(task_losses, logits, min_losses=None):
+    """FAMO's training objective and the task weights it puts on the losses.
+
+    With `z = softmax(logits)`, `D_k = L_k - m_k` (`m_k` the losses' lower
+    bounds, 0 by default) and `c = sum_k z_k / D_k` (a constant for the
+    gradient), the objective is `sum_k z_k log D_k / c`: its gradient is
+    `sum_k w_k grad L_k` with `w_k = z_k / (c D_k)`, weights that sum to 1
+    and favour the tasks with small losses as much as the log does.
+
+    Args:
+        task_losses: tensor `(num_tasks,)` of per-task losses.
+        logits: tensor `(num_tasks,)`: FAMO's task logits (`-inf` leaves a
+            task out).
+        min_losses: tensor `(num_tasks,)` or None. Lower bounds of the
+            losses. Defaults to zeros.
+
+    Returns:
+        A tuple `(objective, weights)`.
+
+    References:
+        Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS
+        2023. https://arxiv.org/abs/2306.03792
+    """
+    gaps = _famo_gaps(task_losses, min_losses)
+    z = ops.softmax(ops.cast(logits, "float32"))
+    c = ops.stop_gradient(ops.sum(z / gaps))
+    weights = z / (c * gaps)
+    return ops.sum(z * ops.log(gaps)) / c, ops.stop_gradient(weights)
+
+
+def famo_logits_gradient(logits, losses_before, losses_after, min_losses=None):
+    """The gradient FAMO descends with its task logits after a step.
+
+    `delta_k = log D_k(before) - log D_k(after)` is how fast each task's log
+    loss fell in the step; the gradient of `softmax(logits) . delta` is
+    `z * (delta - z . delta)`. Descending it moves weight toward the tasks
+    that fell least.
+
+    Args:
+        logits: tensor `(num_tasks,)` (`-inf` leaves a task out).
+        losses_before: tensor `(num_tasks,)`: the losses of a batch before
+            the step.
+        losses_after: tensor `(num_tasks,)`: the same batch's losses after.
+        min_losses: tensor `(num_tasks,)` or None. Defaults to zeros.
+
+    Returns:
+        A tensor `(num_tasks,)`.
+    """
+    delta = ops.log(_famo_gaps(losses_before, min_losses)) - ops.log(
+        _famo_gaps(losses_after, min_losses)
+    )
+    z = ops.softmax(ops.cast(logits, "float32"))
+    return z * (delta - ops.sum(z * delta))
+
+
 def gradnorm_gradient(weights, grad_norms, loss_ratios, alpha):
     """The gradient of GradNorm's `L_grad` with respect to the task weights.
 
@@ -654,7 +720,9 @@ class WeightingStrategy(keras.layers.Layer):
     tensor `(num_tasks,)`) and, when the objective is not simply
     `sum_k weights_k L_k`, `combine`. Strategies whose update needs
     per-task gradients set `needs_task_gradients = True` and implement
-    `task_gradients` (TensorFlow backend).
+    `task_gradients`; those that need the batch's losses after the update
+    set `needs_post_step = True` and implement `after_step` (both
+    TensorFlow backend).
 
     Args:
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -662,6 +730,7 @@ class WeightingStrategy(keras.layers.Layer):
 
     strategy_name = None
     needs_task_gradients = False
+    needs_post_step = False
 
     def __init__(self, **kwargs):
         kwargs.setdefault("name", f"{self.strategy_name or 'custom'}_weighting")
@@ -712,6 +781,11 @@ class WeightingStrategy(keras.layers.Layer):
         return ops.sum(self.current_weights() * task_losses)
 
     def task_gradients(self, context):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def after_step(self, losses_before, losses_after):  # pragma: no cover
+        """Called after each update with the batch's losses before and after
+        it (`needs_post_step` strategies)."""
         raise NotImplementedError
 
     # -- epochs and state --------------------------------------------------
@@ -1669,6 +1743,118 @@ class AlignedMTLWeighting(_SolvedWeighting):
         return _combine(alpha, grads), alpha
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class FAMOWeighting(WeightingStrategy):
+    """FAMO: weights that make the tasks' log losses fall at equal rates.
+
+    Trains on `famo_objective`: every task's gradient is weighted by
+    `w_k = z_k / (c L_k)`, the gradient of `sum_k z_k log L_k / c`, with
+    `z = softmax(logits + log b)` over the tasks with a positive fixed
+    weight `b_k` (the fixed weights are the tasks' starting shares; the
+    logits are learned from 0) and `c` making the weights sum to 1. After
+    each update the same batch is
+    evaluated again, and the logits take one Adam step (learning rate
+    `learning_rate`, PyTorch-style L2 `weight_decay`) along
+    `famo_logits_gradient`: weight moves toward the tasks whose log loss
+    fell least. No per-task gradients: one backward pass and one extra
+    forward pass a step. The extra forward pass leaves the model's
+    non-trainable state (batch-norm statistics) as the update left it. The
+    last step's weights are logged as `<task>_weight`; evaluation reports
+    the fixed-weight loss `sum_k b_k L_k`. Needs the TensorFlow backend (a
+    custom train step).
+
+    Args:
+        learning_rate: float > 0. Adam's learning rate for the logits.
+            Defaults to `0.025` (the paper's and LibMTL's).
+        weight_decay: float >= 0. L2 on the logits. Defaults to `1e-3`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="famo")
+
+    References:
+        Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS
+        2023. https://arxiv.org/abs/2306.03792
+    """
+
+    strategy_name = "famo"
+    needs_post_step = True
+
+    def __init__(self, learning_rate=0.025, weight_decay=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.learning_rate = _check_positive("learning_rate", learning_rate)
+        self.weight_decay = _check_positive(
+            "weight_decay", weight_decay, allow_zero=True
+        )
+
+    def create_state(self, num_tasks):
+        def state(name, shape=(num_tasks,)):
+            return self.add_weight(
+                name=name, shape=shape, initializer="zeros", trainable=False
+            )
+
+        self.logits = state("logits")
+        self.m = state("adam_m")
+        self.v = state("adam_v")
+        self.steps = state("adam_steps", ())
+        self.weights_used = state("weights_used")
+
+    def _masked_logits(self):
+        active = ops.convert_to_tensor(self.active, "float32")
+        return ops.where(active > 0, self.logits, -np.inf)
+
+    def _base(self):
+        return ops.convert_to_tensor(self.base_weights, "float32")
+
+    def current_weights(self):
+        if not any(self.active):
+            return self._base()
+        # Before the first step: the objective's weights at equal losses.
+        fresh = self._base() / sum(self.base_weights)
+        return ops.where(self.steps > 0, self.weights_used, fresh)
+
+    def combine(self, task_losses, training=False):
+        if not training or not any(self.active):
+            return super().combine(task_losses, training)
+        base = self._base()
+        # The fixed weights scale each task's share: softmax(logits + log b).
+        logits = self._masked_logits() + ops.log(ops.maximum(base, 1e-30))
+        objective, weights = famo_objective(task_losses, logits)
+        self.weights_used.assign(weights)
+        return objective
+
+    def after_step(self, losses_before, losses_after):
+        if not any(self.active):
+            return
+        base = self._base()
+        logits = self._masked_logits() + ops.log(ops.maximum(base, 1e-30))
+        grad = famo_logits_gradient(logits, losses_before, losses_after)
+        active = ops.convert_to_tensor(self.active, "float32")
+        grad = active * (grad + self.weight_decay * self.logits)
+        # One Adam step (PyTorch's form, beta 0.9 / 0.999, epsilon 1e-8).
+        steps = self.steps + 1.0
+        m = 0.9 * self.m + 0.1 * grad
+        v = 0.999 * self.v + 0.001 * grad * grad
+        m_hat = m / (1.0 - ops.power(0.9, steps))
+        v_hat = v / (1.0 - ops.power(0.999, steps))
+        step = self.learning_rate * m_hat / (ops.sqrt(v_hat) + 1e-8)
+        self.m.assign(m)
+        self.v.assign(v)
+        self.steps.assign(steps)
+        self.logits.assign(self.logits - active * step)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate": self.learning_rate,
+                "weight_decay": self.weight_decay,
+            }
+        )
+        return config
+
+
 _CLASSES = {
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -1681,6 +1867,7 @@ _CLASSES = {
     "imtl": IMTLWeighting,
     "nash_mtl": NashMTLWeighting,
     "aligned_mtl": AlignedMTLWeighting,
+    "famo": FAMOWeighting,
 }
 
 
@@ -1690,7 +1877,7 @@ def get(identifier):
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`; a mapping
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

@@ -557,6 +557,84 @@ def _is_sparse(grad):
     return isinstance(grad, tf.IndexedSlices)
 
 
+def test_famo_step_weights_the_losses_and_moves_the_logits(make_problem):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    x, y, sw = arrays
+    before = _mse_losses(model, tasks, arrays)
+    # Logits start at 0: z is uniform and w_k = (1 / L_k) / sum_j 1 / L_j.
+    weights = (1.0 / before) / np.sum(1.0 / before)
+    wrapper = _compile(
+        model, tasks, weighting="famo", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    for k, (got, w0) in enumerate(zip(model.trainable_weights, start)):
+        g = weights[0] * per_task[0][k] + weights[1] * per_task[1][k]
+        np.testing.assert_allclose(
+            got.numpy(), w0 - 0.1 * g, rtol=1e-4, atol=1e-6
+        )
+    logged = [history.history[f"t{k}_weight"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, weights, rtol=1e-5)
+    # Then one Adam step on the logits from the same batch's losses after
+    # the update: the first Adam step is -lr * sign(gradient).
+    after = _mse_losses(model, tasks, arrays)
+    delta = np.log(before) - np.log(after)
+    grad = 0.5 * (delta - delta.mean())
+    assert np.all(np.abs(grad) > 1e-3)
+    logits = keras.ops.convert_to_numpy(wrapper.weighting.logits)
+    np.testing.assert_allclose(logits, -0.025 * np.sign(grad), rtol=1e-4)
+
+
+def _mse_losses(model, tasks, arrays):
+    x, y, sw = arrays
+    pred = model.predict(x, batch_size=len(sw["t0"]), verbose=0)
+    loss = keras.losses.MeanSquaredError(reduction="mean_with_sample_weight")
+    return np.array(
+        [float(loss(y[t.name], pred[t.name], sw[t.name])) for t in tasks]
+    )
+
+
+def test_famo_extra_forward_pass_leaves_batch_norm_statistics(make_problem):
+    # The batch is evaluated again after the update in training mode; the
+    # moving statistics must be those of the one real forward pass, as with
+    # fixed weights.
+    specs, tasks, arrays = make_problem(
+        200, [[1, 0, 0, 0], [0, 1, 0, 0]], [0.1, 0.1], ["binary", "binary"]
+    )
+    keras.utils.set_random_seed(0)
+    model = models.mmoe(
+        specs,
+        tasks,
+        num_experts=2,
+        expert_units=[4],
+        tower_units=[4],
+        expert_normalization="batch",
+    )
+    start = model.get_weights()
+
+    def statistics():
+        return [
+            v.numpy()
+            for v in model.non_trainable_variables
+            if "moving" in v.path
+        ]
+
+    initial = statistics()
+    assert initial
+    moving = {}
+    for strategy in ("fixed", "famo"):
+        model.set_weights(start)
+        wrapper = _compile(model, tasks, weighting=strategy, optimizer="sgd")
+        _fit(wrapper, arrays, batch_size=200)
+        moving[strategy] = statistics()
+    # The step did update them (the variances; the means of standardized
+    # inputs stay near 0).
+    assert any(not np.allclose(a, s) for a, s in zip(moving["fixed"], initial))
+    for a, b in zip(moving["fixed"], moving["famo"]):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("weighting", [None, "fixed", "pcgrad"], ids=str)
 def test_kernel_regularizer_adds_its_gradient_to_every_kernel(
     make_problem, weighting

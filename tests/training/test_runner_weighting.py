@@ -22,6 +22,7 @@ from keras_mtl import training
         {"name": "nash_mtl", "max_norm": 0.5},
         "aligned_mtl",
         {"name": "pcgrad", "shared_scope": "dense"},
+        {"name": "famo", "learning_rate": 0.01},
     ],
     ids=[
         "fixed",
@@ -35,6 +36,7 @@ from keras_mtl import training
         "nash_mtl",
         "aligned_mtl",
         "pcgrad_dense_scope",
+        "famo",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

@@ -1,5 +1,5 @@
 """The published formulas: PCGrad, MGDA, CAGrad, IMTL, Nash-MTL,
-Aligned-MTL, DWA, uncertainty and GradNorm."""
+Aligned-MTL, FAMO, DWA, uncertainty and GradNorm."""
 
 import keras
 import numpy as np
@@ -386,7 +386,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = (names + " nash_mtl aligned_mtl").split()
+    names = (names + " nash_mtl aligned_mtl famo").split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -596,6 +596,41 @@ def test_aligned_mtl_degenerate_gradients():
         training.aligned_mtl_weights([1.0, 2.0])
 
 
+@pytest.mark.backend
+def test_famo_objective_weights_and_logits_gradient():
+    losses = np.array([0.5, 2.0, 8.0], "float32")
+    logits = np.array([0.3, -0.2, 0.1], "float32")
+    objective, weights = training.famo_objective(losses, logits)
+    z = np.exp(logits) / np.exp(logits).sum()
+    c = np.sum(z / losses)
+    np.testing.assert_allclose(_np(weights), z / (c * losses), rtol=1e-5)
+    np.testing.assert_allclose(_np(weights).sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        _np(objective), np.sum(z * np.log(losses)) / c, rtol=1e-5
+    )
+    # The logits' gradient is that of softmax(logits) . delta, delta the
+    # fall of each log loss (central differences in float64).
+    after = np.array([0.4, 1.9, 7.0], "float32")
+    delta = np.log(losses.astype("float64")) - np.log(after)
+    grad = _np(training.famo_logits_gradient(logits, losses, after))
+
+    def value(w):
+        return np.exp(w) / np.exp(w).sum() @ delta
+
+    eye = np.eye(3) * 1e-6
+    numeric = [(value(logits + e) - value(logits - e)) / 2e-6 for e in eye]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-7)
+    # A task left out (-inf logit) gets no weight and no gradient.
+    out = np.array([0.0, -np.inf, 0.0], "float32")
+    _, weights = training.famo_objective(losses, out)
+    assert _np(weights)[1] == 0.0
+    assert _np(training.famo_logits_gradient(out, losses, after))[1] == 0.0
+    with pytest.raises(ValueError, match="`learning_rate` must be"):
+        training.FAMOWeighting(learning_rate=0)
+    with pytest.raises(ValueError, match="`weight_decay` must be"):
+        training.FAMOWeighting(weight_decay=-1.0)
+
+
 def _tiny_model():
     inputs = {"x": keras.Input((3,), name="x")}
     hidden = keras.layers.Dense(4, name="shared")(inputs["x"])
@@ -616,6 +651,7 @@ def _tiny_model():
         {"weighting": "imtl"},
         {"weighting": "nash_mtl"},
         {"weighting": "aligned_mtl"},
+        {"weighting": "famo"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -625,6 +661,7 @@ def _tiny_model():
         "imtl",
         "nash_mtl",
         "aligned_mtl",
+        "famo",
         "lr_multipliers",
     ],
 )
