@@ -7,6 +7,7 @@ from keras_mtl import Task
 from keras_mtl import data
 from keras_mtl import datasets
 from keras_mtl import models
+from keras_mtl.training import weighting as weighting_lib
 
 FUNNEL = datasets.synthetic_funnel(1200, seed=1)
 SPECS = keras_mtl.infer_features(
@@ -67,17 +68,8 @@ def test_builder_trains_and_reloads_identically(architecture, tmp_path):
 
 @pytest.mark.parametrize(
     "weighting",
-    [
-        None,
-        "fixed",
-        "gradnorm",
-        "mgda",
-        "cagrad",
-        "imtl",
-        "nash_mtl",
-        "aligned_mtl",
-        "famo",
-    ],
+    # Keras' step, and every strategy with a custom train step.
+    [None, "fixed", *weighting_lib.TASK_GRADIENT_STRATEGIES, "famo"],
     ids=str,
 )
 def test_fit_traces_the_train_step_once(weighting):
