@@ -631,6 +631,34 @@ def test_famo_objective_weights_and_logits_gradient():
         training.FAMOWeighting(weight_decay=-1.0)
 
 
+NON_DEFAULT_ARGUMENTS = {
+    "fixed": {},
+    "uncertainty": {"initial_log_var": 0.5},
+    "gradnorm": {"alpha": 0.5},
+    "dwa": {"temperature": 3.0},
+    "rlw": {"seed": 3},
+    "pcgrad": {"seed": 1, "shared_scope": "dense"},
+    "mgda": {"iterations": 10, "shared_scope": "dense"},
+    "cagrad": {"c": 0.3, "iterations": 20},
+    "imtl": {"loss_scale": False},
+    "nash_mtl": {"iterations": 5, "max_norm": 0.0},
+    "aligned_mtl": {"shared_scope": "dense"},
+    "famo": {"learning_rate": 0.01, "weight_decay": 0.0},
+}
+
+
+@pytest.mark.parametrize("name", list(training.STRATEGIES))
+def test_strategy_arguments_survive_keras_serialization(name):
+    arguments = NON_DEFAULT_ARGUMENTS[name]
+    strategy = training.get_weighting({"name": name, **arguments})
+    config = keras.saving.serialize_keras_object(strategy)
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is type(strategy)
+    assert clone.get_config() == strategy.get_config()
+    for key, value in arguments.items():
+        assert clone.get_config()[key] == value
+
+
 def _tiny_model():
     inputs = {"x": keras.Input((3,), name="x")}
     hidden = keras.layers.Dense(4, name="shared")(inputs["x"])
