@@ -17,8 +17,9 @@ shuffling; the data splits are fixed).
 
 Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
 `mgda`, `rlw`, `cagrad` (c 0.5), `imtl` (IMTL-G with IMTL-L's learned loss
-scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`, `famo`
-(`keras_mtl.training.compile`), and the two baselines from the seeds:
+scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`, `famo`, `gradvac`
+(beta 0.5) (`keras_mtl.training.compile`), and the two baselines from the
+seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the
@@ -68,6 +69,7 @@ STRATEGIES = (
     "nash_mtl",
     "aligned_mtl",
     "famo",
+    "gradvac",
 )
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
@@ -593,6 +595,9 @@ def write_report(records, args, command):
         "L_k)` (they sum to 1): tasks with small losses get most of the "
         "weight, and its learned logits shift weight toward the tasks "
         "whose log loss falls slowest.",
+        "- GradVac keeps the fixed weights and adjusts each pair of task "
+        "gradients on the shared parameters up to the moving average of "
+        "the pair's cosine similarity (PCGrad with targets learned from 0).",
         "- `fixed_wt_half` (an ablation, funnel only) is `fixed` with "
         "`watch_time` at weight 0.5, where uncertainty weighting starts it: "
         "it separates that initial down-weighting from what the learned "

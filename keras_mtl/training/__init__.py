@@ -3,12 +3,12 @@
 - Loss weighting: `compile(model, tasks, weighting=...)` wraps a zoo model
   in a `MultiTaskModel` with one of `FixedWeighting` (default),
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
-  `RLWWeighting`, `PCGradWeighting`, `MGDAWeighting`, `CAGradWeighting`,
-  `IMTLWeighting`, `NashMTLWeighting`, `AlignedMTLWeighting`,
-  `FAMOWeighting`; per-task learning-rate multipliers; inverse propensity
-  weighting of a task's loss by another task's prediction (`propensity=`,
-  ESCM²'s counterfactual CVR loss); task weights logged every epoch
-  (`TaskWeightLogger`).
+  `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
+  `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
+  `AlignedMTLWeighting`, `FAMOWeighting`; per-task learning-rate
+  multipliers; inverse propensity weighting of a task's loss by another
+  task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
+  weights logged every epoch (`TaskWeightLogger`).
 - `MultiTaskEarlyStopping`: early stopping and checkpoint selection on a
   weighted mean of per-task validation metrics.
 - Gate diagnostics for MMoE, OMoE, CGC and PLE: `gate_diagnostics`,
@@ -39,6 +39,7 @@ from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FAMOWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GradNormWeighting
+from keras_mtl.training.weighting import GradVacWeighting
 from keras_mtl.training.weighting import IMTLWeighting
 from keras_mtl.training.weighting import MGDAWeighting
 from keras_mtl.training.weighting import NashMTLWeighting
@@ -53,6 +54,7 @@ from keras_mtl.training.weighting import famo_logits_gradient
 from keras_mtl.training.weighting import famo_objective
 from keras_mtl.training.weighting import get as get_weighting
 from keras_mtl.training.weighting import gradnorm_gradient
+from keras_mtl.training.weighting import gradvac_project
 from keras_mtl.training.weighting import imtl_weights
 from keras_mtl.training.weighting import mgda_weights
 from keras_mtl.training.weighting import nash_mtl_weights
@@ -69,6 +71,7 @@ __all__ = [
     "GateDiagnostics",
     "GateProbe",
     "GradNormWeighting",
+    "GradVacWeighting",
     "IMTLWeighting",
     "MGDAWeighting",
     "MultiTaskEarlyStopping",
@@ -90,6 +93,7 @@ __all__ = [
     "gate_diagnostics",
     "get_weighting",
     "gradnorm_gradient",
+    "gradvac_project",
     "imtl_weights",
     "last_shared_layer",
     "layer_tasks",

@@ -208,11 +208,12 @@ class MultiTaskModel(keras.Model):
     `keras.callbacks.TensorBoard`) and per-task losses as `<task>_loss`.
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
-    `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`, `"aligned_mtl"`), the
-    batch's losses after the update (`"famo"`) and `lr_multipliers` use a
-    custom `train_step` implemented for the TensorFlow backend; other
-    backends get a `NotImplementedError` naming the backend. `"fixed"`,
-    `"uncertainty"`, `"dwa"` and `"rlw"` run on every backend.
+    `"gradvac"`, `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`,
+    `"aligned_mtl"`), the batch's losses after the update (`"famo"`) and
+    `lr_multipliers` use a custom `train_step` implemented for the
+    TensorFlow backend; other backends get a `NotImplementedError` naming
+    the backend. `"fixed"`, `"uncertainty"`, `"dwa"` and `"rlw"` run on
+    every backend.
 
     The serving model is `wrapper.model`, a plain functional model: saving
     (`wrapper.save(path)`) writes it, so loading and predicting never need
@@ -636,7 +637,7 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         tasks: list of `keras_mtl.Task`.
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, a mapping
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

@@ -15,6 +15,9 @@ it) into the objective the optimizer descends:
   last two epochs' losses (Liu et al., 2019).
 - `PCGradWeighting`: fixed weights, but per-task gradients on shared
   variables are projected so they no longer conflict (Yu et al., 2020).
+- `GradVacWeighting`: PCGrad generalised: each pair of task gradients is
+  adjusted toward the cosine similarity the pair has had on average, not
+  only out of conflict (gradient vaccine, Wang et al., 2021).
 - `RLWWeighting`: random loss weighting, fresh random weights every step
   (Lin et al., 2022).
 - `MGDAWeighting`: the shared variables move along the minimum-norm convex
@@ -40,12 +43,13 @@ it) into the objective the optimizer descends:
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`mgda_weights`, `cagrad_direction`, `imtl_weights`, `nash_mtl_weights`,
-`aligned_mtl_weights`, `famo_objective`, `famo_logits_gradient` and
-`gradnorm_gradient` implement the published formulas with `keras.ops` and
-run on every backend; GradNorm, PCGrad, MGDA,
-CAGrad, IMTL, Nash-MTL and Aligned-MTL additionally need per-task
-gradients, which `MultiTaskModel` computes on the TensorFlow backend.
+`gradvac_project`, `mgda_weights`, `cagrad_direction`, `imtl_weights`,
+`nash_mtl_weights`, `aligned_mtl_weights`, `famo_objective`,
+`famo_logits_gradient` and `gradnorm_gradient` implement the published
+formulas with `keras.ops` and run on every backend; GradNorm, PCGrad,
+GradVac, MGDA, CAGrad, IMTL, Nash-MTL and Aligned-MTL additionally need
+per-task gradients, which `MultiTaskModel` computes on the TensorFlow
+backend.
 """
 
 import math
@@ -69,6 +73,7 @@ STRATEGIES = (
     "nash_mtl",
     "aligned_mtl",
     "famo",
+    "gradvac",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -79,6 +84,7 @@ TASK_GRADIENT_STRATEGIES = (
     "imtl",
     "nash_mtl",
     "aligned_mtl",
+    "gradvac",
 )
 _EPSILON = 1e-12
 
@@ -248,6 +254,84 @@ def pcgrad_project(grads, orders=None):
             g = g - (coef * not_self) * other
         projected.append(g)
     return ops.stack(projected)
+
+
+def gradvac_project(grads, targets, orders=None, beta=0.5):
+    """Gradient vaccine on a stack of per-task gradients.
+
+    For every task `i`, visiting the other tasks `j` in turn: with
+    `rho = cos(g_i, g_j)` (`g_i` as adjusted so far) below the pair's
+    target similarity `phi = targets[i, j]`, `g_j` is added to `g_i` with
+    the coefficient that makes their cosine exactly `phi`:
+    `|g_i| (phi sqrt(1 - rho^2) - rho sqrt(1 - phi^2)) /
+    (|g_j| sqrt(1 - phi^2))`. Every pair's target then moves toward the
+    observed `rho`: `phi <- (1 - beta) phi + beta rho`. With all targets
+    at 0 this is PCGrad's projection. The adjusted gradients' sum is the
+    update direction.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        targets: tensor `(num_tasks, num_tasks)`: the pairs' target cosine
+            similarities (start at 0).
+        orders: optional int tensor `(num_tasks, num_tasks)`, as in
+            `pcgrad_project`. Defaults to `0, 1, ..., num_tasks - 1`.
+        beta: float in (0, 1]. The targets' moving-average rate. Defaults
+            to `0.5`.
+
+    Returns:
+        A tuple `(adjusted (num_tasks, dim), new targets (num_tasks,
+        num_tasks))`.
+
+    References:
+        Wang et al., "Gradient Vaccine: Investigating and Improving
+        Multi-task Optimization in Massively Multilingual Models", ICLR
+        2021. https://arxiv.org/abs/2010.05874
+    """
+    grads = _check_task_grads(grads)
+    num_tasks = grads.shape[0]
+    targets = ops.cast(targets, grads.dtype)
+    norms = ops.sqrt(ops.sum(grads * grads, axis=1))
+    adjusted, updated = [], targets
+    for i in range(num_tasks):
+        g = grads[i]
+        for p in range(num_tasks):
+            if orders is None:
+                if p == i:
+                    continue
+                j = p
+            else:
+                j = orders[i][p]
+            other = ops.take(grads, j, axis=0)
+            other_norm = ops.take(norms, j, axis=0)
+            g_norm = ops.sqrt(ops.sum(g * g))
+            rho = ops.sum(g * other) / ops.maximum(
+                g_norm * other_norm, _EPSILON
+            )
+            phi = ops.take(ops.take(targets, i, axis=0), j, axis=0)
+            room = ops.sqrt(ops.maximum(1.0 - phi * phi, _EPSILON))
+            coef = (
+                g_norm
+                * (
+                    phi * ops.sqrt(ops.maximum(1.0 - rho * rho, 0.0))
+                    - rho * room
+                )
+                / ops.maximum(other_norm * room, _EPSILON)
+            )
+            pair = ops.cast(ops.not_equal(j, i), grads.dtype)
+            live = pair * ops.cast(
+                (rho < phi) & (other_norm > 0) & (g_norm > 0), grads.dtype
+            )
+            g = g + (live * coef) * other
+            cell = (
+                ops.outer(
+                    ops.one_hot(i, num_tasks, dtype=grads.dtype),
+                    ops.one_hot(j, num_tasks, dtype=grads.dtype),
+                )
+                * pair
+            )
+            updated = updated + cell * beta * (rho - phi)
+        adjusted.append(g)
+    return ops.stack(adjusted), updated
 
 
 def mgda_weights(grads, iterations=50):
@@ -1391,6 +1475,91 @@ class PCGradWeighting(_SurgeryWeighting):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class GradVacWeighting(_SurgeryWeighting):
+    """GradVac: fixed weights; task gradients adjusted toward their usual
+    similarity.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables every task gradient goes through `gradvac_project`, visiting
+    the other tasks in a random order drawn each step: where a pair's
+    cosine similarity falls below the moving average of that pair's past
+    similarities (its target, starting at 0), the gradient is moved just
+    enough to reach it. PCGrad only removes conflicts (target 0); GradVac
+    also keeps tasks that usually agree from drifting apart. The adjusted
+    gradients are summed. Task-specific variables get their own task's
+    gradient, and auxiliary losses are added unchanged. Needs the
+    TensorFlow backend (one backward pass per task).
+
+    Args:
+        beta: float in (0, 1]. Moving-average rate of the targets.
+            Defaults to `0.5` (LibMTL's default).
+        seed: int or None. Seed of the random task orders. Defaults to
+            `None`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="gradvac")
+
+    References:
+        Wang et al., "Gradient Vaccine: Investigating and Improving
+        Multi-task Optimization in Massively Multilingual Models", ICLR
+        2021. https://arxiv.org/abs/2010.05874
+    """
+
+    strategy_name = "gradvac"
+
+    def __init__(self, beta=0.5, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        beta = _check_positive("beta", beta)
+        if beta > 1:
+            raise ValueError(f"`beta` must be in (0, 1]. Received: beta={beta}")
+        self.beta = beta
+        self.seed = _check_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def create_state(self, num_tasks):
+        self.targets = self.add_weight(
+            name="targets",
+            shape=(num_tasks, num_tasks),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def combine_shared(self, flat):
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        num = len(active)
+        orders = ops.stack(
+            [
+                keras.random.shuffle(
+                    ops.arange(num, dtype="int32"), seed=self.seed_generator
+                )
+                for _ in range(num)
+            ]
+        )
+        index = np.asarray(active)
+        targets = ops.take(ops.take(self.targets, index, axis=0), index, axis=1)
+        adjusted, targets = gradvac_project(flat, targets, orders, self.beta)
+        # Write the active tasks' block back.
+        cells = np.stack(np.meshgrid(index, index, indexing="ij"), axis=-1)
+        self.targets.assign(
+            ops.scatter_update(
+                self.targets, cells.reshape(-1, 2), ops.reshape(targets, (-1,))
+            )
+        )
+        return ops.sum(adjusted, axis=0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta": self.beta, "seed": self.seed})
+        return config
+
+
 class _SolvedWeighting(_SurgeryWeighting):
     """A strategy whose shared-variable direction comes from weights solved
     per step (`combine_shared` returns the direction and the weights of the
@@ -1862,6 +2031,7 @@ _CLASSES = {
     "dwa": DWAWeighting,
     "rlw": RLWWeighting,
     "pcgrad": PCGradWeighting,
+    "gradvac": GradVacWeighting,
     "mgda": MGDAWeighting,
     "cagrad": CAGradWeighting,
     "imtl": IMTLWeighting,
@@ -1877,7 +2047,8 @@ def get(identifier):
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`; a mapping
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`; a
+            mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

@@ -35,8 +35,8 @@ Keys:
   it sets is refused.
 - `learning_rate`: Adam's learning rate.
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
-  (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `mgda`,
-  `cagrad`, `imtl`, `nash_mtl`, `aligned_mtl`, `famo`).
+  (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `gradvac`,
+  `mgda`, `cagrad`, `imtl`, `nash_mtl`, `aligned_mtl`, `famo`).
 - `loss_weight`: every task's loss weight (`loss_weight_<task>` values);
   `loss_weight_<task>` sets one task's. The weight multiplies the task's own
   `weight`, and strategies other than `fixed` use it as their base weight.

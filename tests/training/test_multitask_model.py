@@ -294,6 +294,26 @@ def test_cagrad_step_moves_shared_variables_along_its_direction(
     np.testing.assert_allclose(logged, keras.ops.convert_to_numpy(w), 1e-4)
 
 
+def test_gradvac_first_step_is_pcgrads_and_sets_the_targets(make_problem):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    g0, g1 = np.asarray(flat, dtype="float64")
+    rho = g0 @ g1 / np.linalg.norm(g0) / np.linalg.norm(g1)
+    # Targets start at 0: the projections of PCGrad.
+    p0 = g0 - (g0 @ g1) / (g1 @ g1) * g1
+    p1 = g1 - (g0 @ g1) / (g0 @ g0) * g0
+    wrapper = _compile(
+        model, tasks, weighting="gradvac", optimizer="sgd", learning_rate=0.1
+    )
+    _fit(wrapper, arrays, batch_size=200)
+    _assert_one_sgd_step(model, start, per_task, shared, p0 + p1)
+    targets = keras.ops.convert_to_numpy(wrapper.weighting.targets)
+    np.testing.assert_allclose(
+        targets, 0.5 * rho * (1 - np.eye(2)), rtol=1e-4, atol=1e-7
+    )
+
+
 def _trains_like_fixed_weights(make_problem, weighting, tasks=None, seed=0):
     """Trains one epoch with `weighting` and with fixed weights from the same
     start (SGD); asserts the same weights and returns the History."""
@@ -318,6 +338,11 @@ def test_cagrad_without_radius_trains_like_fixed_weights(make_problem):
     _trains_like_fixed_weights(
         make_problem, {"name": "cagrad", "c": 0.0}, seed=6
     )
+
+
+def test_gradvac_with_one_trained_task_is_plain_training(make_problem):
+    tasks = [Task("t0"), Task("t1", weight=0.0)]
+    _trains_like_fixed_weights(make_problem, "gradvac", tasks, seed=5)
 
 
 def test_mgda_with_one_trained_task_is_plain_training(make_problem):

@@ -23,6 +23,7 @@ from keras_mtl import training
         "aligned_mtl",
         {"name": "pcgrad", "shared_scope": "dense"},
         {"name": "famo", "learning_rate": 0.01},
+        {"name": "gradvac", "beta": 0.1},
     ],
     ids=[
         "fixed",
@@ -37,6 +38,7 @@ from keras_mtl import training
         "aligned_mtl",
         "pcgrad_dense_scope",
         "famo",
+        "gradvac",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

@@ -1,4 +1,4 @@
-"""The published formulas: PCGrad, MGDA, CAGrad, IMTL, Nash-MTL,
+"""The published formulas: PCGrad, GradVac, MGDA, CAGrad, IMTL, Nash-MTL,
 Aligned-MTL, FAMO, DWA, uncertainty and GradNorm."""
 
 import keras
@@ -386,7 +386,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = (names + " nash_mtl aligned_mtl famo").split()
+    names = (names + " nash_mtl aligned_mtl famo gradvac").split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -644,6 +644,7 @@ NON_DEFAULT_ARGUMENTS = {
     "nash_mtl": {"iterations": 5, "max_norm": 0.0},
     "aligned_mtl": {"shared_scope": "dense"},
     "famo": {"learning_rate": 0.01, "weight_decay": 0.0},
+    "gradvac": {"beta": 0.25, "seed": 2, "shared_scope": "dense"},
 }
 
 
@@ -657,6 +658,53 @@ def test_strategy_arguments_survive_keras_serialization(name):
     assert clone.get_config() == strategy.get_config()
     for key, value in arguments.items():
         assert clone.get_config()[key] == value
+
+
+def _cosine(u, v):
+    return u @ v / np.linalg.norm(u) / np.linalg.norm(v)
+
+
+@pytest.mark.backend
+def test_gradvac_with_zero_targets_is_pcgrad():
+    rng = np.random.default_rng(7)
+    for num_tasks in (2, 3, 4):
+        grads = rng.normal(size=(num_tasks, 6)).astype("float32")
+        grads[1] -= 1.5 * grads[0]  # a conflict
+        orders = np.stack([rng.permutation(num_tasks) for _ in grads])
+        adjusted, _ = training.gradvac_project(
+            grads, np.zeros((num_tasks, num_tasks), "float32"), orders
+        )
+        np.testing.assert_allclose(
+            _np(adjusted),
+            _pcgrad_reference(grads, orders),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+@pytest.mark.backend
+def test_gradvac_reaches_the_target_similarity_and_updates_targets():
+    grads = np.array([[1.0, 0.2], [0.3, 1.0]])
+    rho = _cosine(grads[0], grads[1])
+    phi = 0.8  # above the pair's cosine: both gradients are moved to it
+    targets = np.array([[0.0, phi], [phi, 0.0]])
+    adjusted, updated = training.gradvac_project(
+        grads.astype("float32"), targets.astype("float32"), beta=0.25
+    )
+    adjusted = _np(adjusted)
+    np.testing.assert_allclose(_cosine(adjusted[0], grads[1]), phi, rtol=1e-5)
+    np.testing.assert_allclose(_cosine(adjusted[1], grads[0]), phi, rtol=1e-5)
+    expected = targets + 0.25 * (rho - targets) * (1 - np.eye(2))
+    np.testing.assert_allclose(_np(updated), expected, rtol=1e-5)
+    # Below the cosine: nothing to do; the targets still move.
+    low = np.array([[0.0, 0.1], [0.1, 0.0]], "float32")
+    adjusted, updated = training.gradvac_project(grads.astype("float32"), low)
+    np.testing.assert_allclose(_np(adjusted), grads, rtol=1e-6)
+    np.testing.assert_allclose(
+        _np(updated)[0, 1], 0.1 + 0.5 * (rho - 0.1), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="`beta` must be"):
+        training.GradVacWeighting(beta=1.5)
 
 
 def _tiny_model():
@@ -680,6 +728,7 @@ def _tiny_model():
         {"weighting": "nash_mtl"},
         {"weighting": "aligned_mtl"},
         {"weighting": "famo"},
+        {"weighting": "gradvac"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -690,6 +739,7 @@ def _tiny_model():
         "nash_mtl",
         "aligned_mtl",
         "famo",
+        "gradvac",
         "lr_multipliers",
     ],
 )
