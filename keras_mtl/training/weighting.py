@@ -1136,6 +1136,18 @@ class RLWWeighting(WeightingStrategy):
         return config
 
 
+def _random_orders(num_tasks, seed_generator):
+    """One random order of the tasks per task, `(num_tasks, num_tasks)`."""
+    return ops.stack(
+        [
+            keras.random.shuffle(
+                ops.arange(num_tasks, dtype="int32"), seed=seed_generator
+            )
+            for _ in range(num_tasks)
+        ]
+    )
+
+
 def _check_seed(seed):
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int)
@@ -1459,14 +1471,7 @@ class PCGradWeighting(_SurgeryWeighting):
 
     def combine_shared(self, flat):
         num = flat.shape[0]
-        orders = ops.stack(
-            [
-                keras.random.shuffle(
-                    ops.arange(num, dtype="int32"), seed=self.seed_generator
-                )
-                for _ in range(num)
-            ]
-        )
+        orders = _random_orders(num, self.seed_generator)
         return ops.sum(pcgrad_project(flat, orders), axis=0)
 
     def get_config(self):
@@ -1534,14 +1539,7 @@ class GradVacWeighting(_SurgeryWeighting):
     def combine_shared(self, flat):
         active = [i for i, a in enumerate(self.active) if a > 0]
         num = len(active)
-        orders = ops.stack(
-            [
-                keras.random.shuffle(
-                    ops.arange(num, dtype="int32"), seed=self.seed_generator
-                )
-                for _ in range(num)
-            ]
-        )
+        orders = _random_orders(num, self.seed_generator)
         index = np.asarray(active)
         targets = ops.take(ops.take(self.targets, index, axis=0), index, axis=1)
         adjusted, targets = gradvac_project(flat, targets, orders, self.beta)
