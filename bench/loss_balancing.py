@@ -56,21 +56,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STRATEGIES = (
-    "fixed",
-    "uncertainty",
-    "gradnorm",
-    "dwa",
-    "pcgrad",
-    "mgda",
-    "rlw",
-    "cagrad",
-    "imtl",
-    "nash_mtl",
-    "aligned_mtl",
-    "famo",
-    "gradvac",
-)
+# Every strategy `keras_mtl.training.compile` offers (the first is fixed).
+from keras_mtl.training.weighting import STRATEGIES  # noqa: E402
+
 BASELINES = ("single_task", "weighted_single")
 # Optional ablation (funnel only, not run by default): fixed weights with
 # watch_time at 0.5, the weight uncertainty weighting starts it at.

@@ -119,6 +119,18 @@ def test_mgda_pareto_stationary_point_and_one_task():
         training.mgda_weights([1.0, 2.0])
 
 
+def _conflicting_grads(rng, num_tasks, dim=12, scales=None):
+    """Random task gradients, the second pulled against the first; with
+    `scales=(low, high)` each task's gradient is rescaled by a factor drawn
+    from that range (unequal norms)."""
+    grads = rng.normal(size=(num_tasks, dim))
+    if num_tasks > 1:
+        grads[1] -= 0.8 * grads[0]  # a conflict
+    if scales is not None:
+        grads *= rng.uniform(*scales, size=(num_tasks, 1))
+    return grads
+
+
 def _cagrad_reference(grads, c):
     """CAGrad's weights by SciPy's SLSQP (as the authors' code and LibMTL
     solve them), and the direction from them."""
@@ -146,8 +158,7 @@ def test_cagrad_matches_a_slsqp_reference():
     rng = np.random.default_rng(2)
     for num_tasks in (2, 3, 4):
         for c in (0.2, 0.5, 1.0):
-            grads = rng.normal(size=(num_tasks, 8))
-            grads[1] -= 0.8 * grads[0]  # a conflict
+            grads = _conflicting_grads(rng, num_tasks, dim=8)
             d, w = training.cagrad_direction(grads.astype("float32"), c)
             expected_d, expected_w = _cagrad_reference(grads, c)
             d, w = _np(d), _np(w)
@@ -407,9 +418,7 @@ def _imtl_reference(grads):
 def test_imtl_matches_the_closed_form_and_projects_equally():
     rng = np.random.default_rng(4)
     for num_tasks in (2, 3, 4, 5):
-        grads = rng.normal(size=(num_tasks, 12))
-        grads[1] -= 0.8 * grads[0]  # a conflict
-        grads *= rng.uniform(0.05, 20.0, size=(num_tasks, 1))  # unequal
+        grads = _conflicting_grads(rng, num_tasks, scales=(0.05, 20.0))
         alpha = _np(training.imtl_weights(grads.astype("float32")))
         np.testing.assert_allclose(alpha, _imtl_reference(grads), atol=1e-5)
         np.testing.assert_allclose(alpha.sum(), 1.0, atol=1e-6)
@@ -476,10 +485,7 @@ def test_nash_mtl_solves_the_bargaining_condition():
     rng = np.random.default_rng(5)
     for num_tasks in (1, 2, 3, 4, 5):
         for _ in range(10):
-            grads = rng.normal(size=(num_tasks, 12))
-            if num_tasks > 1:
-                grads[1] -= 0.8 * grads[0]  # a conflict
-            grads *= rng.uniform(0.01, 100.0, size=(num_tasks, 1))
+            grads = _conflicting_grads(rng, num_tasks, scales=(0.01, 100.0))
             alpha = _np(training.nash_mtl_weights(grads.astype("float32")))
             assert np.all(alpha > 0)
             np.testing.assert_allclose(
@@ -549,9 +555,7 @@ def _aligned_reference(grads, preferences):
 def test_aligned_mtl_matches_the_reference_and_aligns_the_gradients():
     rng = np.random.default_rng(6)
     for num_tasks in (2, 3, 4, 5):
-        grads = rng.normal(size=(num_tasks, 12))
-        grads[1] -= 0.8 * grads[0]  # a conflict
-        grads *= rng.uniform(0.05, 20.0, size=(num_tasks, 1))
+        grads = _conflicting_grads(rng, num_tasks, scales=(0.05, 20.0))
         preferences = rng.uniform(0.5, 2.0, size=num_tasks)
         alpha = _np(
             training.aligned_mtl_weights(
