@@ -982,6 +982,26 @@ def _read_results(path):
     return meta, records
 
 
+def _quality_jobs(seeds, only=None, models=None):
+    """The suite's runs, `(benchmark, library, model, seed)`, seed by seed.
+
+    `only` keeps these libraries (and "funnel" the funnel runs); `models`
+    keeps these model names. Either one left out keeps everything.
+    """
+    jobs = []
+    for seed in seeds:
+        for library in LIBRARIES:
+            if only and library not in only:
+                continue
+            names = ADULT_MODELS if library == "keras_mtl" else PEER_MODELS
+            jobs += [("adult", library, m, seed) for m in names]
+        if not only or "funnel" in only:
+            jobs += [("funnel", "keras_mtl", m, seed) for m in FUNNEL_MODELS]
+    if models:
+        jobs = [job for job in jobs if job[2] in models]
+    return jobs
+
+
 def suite_quality(opts):
     """Adult (3 libraries x 4 models) and the ESMM funnel bar."""
     python = opts.python
@@ -1027,17 +1047,7 @@ def suite_quality(opts):
         meta.update(_run_worker(python, "versions", [], log=log))
     print(json.dumps(meta), flush=True)
 
-    jobs = []
-    for seed in opts.seeds:
-        for library in LIBRARIES:
-            if opts.only and library not in opts.only:
-                continue
-            models = ADULT_MODELS if library == "keras_mtl" else PEER_MODELS
-            for model in models:
-                jobs.append(("adult", library, model, seed))
-        if not opts.only or "funnel" in opts.only:
-            for model in FUNNEL_MODELS:
-                jobs.append(("funnel", "keras_mtl", model, seed))
+    jobs = _quality_jobs(opts.seeds, opts.only, opts.models)
     # With --resume, earlier runs outside this run's jobs (other seeds,
     # libraries left out with --only) are kept, so a suite can be completed
     # in parts.
@@ -1607,6 +1617,13 @@ def _parser():
         default=None,
         choices=[*LIBRARIES, "funnel"],
         help="Run only these libraries (and/or the funnel).",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=sorted({*ADULT_MODELS, *FUNNEL_MODELS}),
+        help="quality: run only these models (Adult and funnel names).",
     )
     parser.add_argument(
         "--results",

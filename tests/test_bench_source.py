@@ -1,4 +1,5 @@
-"""Tests of the benchmark guard against source edits during a suite run.
+"""Tests of bench/run.py: the guard against source edits during a suite
+run, and the selection of a suite's runs.
 
 Every benchmark worker imports `keras_mtl` afresh, so an edit made while a
 suite runs silently changes the code of the later runs. `bench/run.py`
@@ -80,3 +81,25 @@ def test_quality_section_warns_when_runs_imported_other_source(bench_run):
     (line,) = warnings(["d1", "d2", "d1"])
     assert "source changed during the run" in line
     assert "2 different versions" in line
+
+
+def test_quality_jobs_filter_libraries_and_models(bench_run):
+    everything = bench_run._quality_jobs([0, 1])
+    # 4 keras-mtl + 3 + 3 peer Adult models and 3 funnel models per seed.
+    assert len(everything) == 2 * (4 + 3 + 3 + 3)
+    assert [job[3] for job in everything[:13]] == [0] * 13
+    jobs = bench_run._quality_jobs([5, 6], models=["mmoe", "ple"])
+    assert jobs == [
+        ("adult", library, model, seed)
+        for seed in (5, 6)
+        for library in ("keras_mtl", "torch_rechub", "deepctr")
+        for model in ("mmoe", "ple")
+    ]
+    funnel = bench_run._quality_jobs(
+        [3], only=["funnel"], models=["esmm", "naive"]
+    )
+    assert funnel == [
+        ("funnel", "keras_mtl", "esmm", 3),
+        ("funnel", "keras_mtl", "naive", 3),
+    ]
+    assert bench_run._quality_jobs([0], only=["deepctr"], models=["esmm"]) == []
