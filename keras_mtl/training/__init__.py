@@ -5,7 +5,8 @@
   `UncertaintyWeighting`, `GradNormWeighting`, `DWAWeighting`,
   `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
   `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
-  `AlignedMTLWeighting`, `FAMOWeighting`; per-task learning-rate
+  `AlignedMTLWeighting`, `FAMOWeighting`, `GLSWeighting`,
+  `UPGradWeighting`; per-task learning-rate
   multipliers; inverse propensity weighting of a task's loss by another
   task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
   weights logged every epoch (`TaskWeightLogger`).
@@ -38,6 +39,7 @@ from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FAMOWeighting
 from keras_mtl.training.weighting import FixedWeighting
+from keras_mtl.training.weighting import GLSWeighting
 from keras_mtl.training.weighting import GradNormWeighting
 from keras_mtl.training.weighting import GradVacWeighting
 from keras_mtl.training.weighting import IMTLWeighting
@@ -46,6 +48,7 @@ from keras_mtl.training.weighting import NashMTLWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
+from keras_mtl.training.weighting import UPGradWeighting
 from keras_mtl.training.weighting import WeightingStrategy
 from keras_mtl.training.weighting import aligned_mtl_weights
 from keras_mtl.training.weighting import cagrad_direction
@@ -53,6 +56,7 @@ from keras_mtl.training.weighting import dwa_weights
 from keras_mtl.training.weighting import famo_logits_gradient
 from keras_mtl.training.weighting import famo_objective
 from keras_mtl.training.weighting import get as get_weighting
+from keras_mtl.training.weighting import gls_loss
 from keras_mtl.training.weighting import gradnorm_gradient
 from keras_mtl.training.weighting import gradvac_project
 from keras_mtl.training.weighting import imtl_weights
@@ -60,6 +64,7 @@ from keras_mtl.training.weighting import mgda_weights
 from keras_mtl.training.weighting import nash_mtl_weights
 from keras_mtl.training.weighting import pcgrad_project
 from keras_mtl.training.weighting import uncertainty_loss
+from keras_mtl.training.weighting import upgrad_weights
 
 __all__ = [
     "STRATEGIES",
@@ -68,6 +73,7 @@ __all__ = [
     "DWAWeighting",
     "FAMOWeighting",
     "FixedWeighting",
+    "GLSWeighting",
     "GateDiagnostics",
     "GateProbe",
     "GradNormWeighting",
@@ -81,6 +87,7 @@ __all__ = [
     "RLWWeighting",
     "TaskWeightLogger",
     "UncertaintyWeighting",
+    "UPGradWeighting",
     "WeightingStrategy",
     "aligned_mtl_weights",
     "cagrad_direction",
@@ -92,6 +99,7 @@ __all__ = [
     "famo_objective",
     "gate_diagnostics",
     "get_weighting",
+    "gls_loss",
     "gradnorm_gradient",
     "gradvac_project",
     "imtl_weights",
@@ -104,6 +112,7 @@ __all__ = [
     "pcgrad_project",
     "save_model",
     "uncertainty_loss",
+    "upgrad_weights",
     "warm_start",
     "write_scalars",
 ]

@@ -209,11 +209,11 @@ class MultiTaskModel(keras.Model):
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
     `"gradvac"`, `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`,
-    `"aligned_mtl"`), the batch's losses after the update (`"famo"`) and
-    `lr_multipliers` use a custom `train_step` implemented for the
-    TensorFlow backend; other backends get a `NotImplementedError` naming
-    the backend. `"fixed"`, `"uncertainty"`, `"dwa"` and `"rlw"` run on
-    every backend.
+    `"aligned_mtl"`, `"upgrad"`), the batch's losses after the update
+    (`"famo"`) and `lr_multipliers` use a custom `train_step` implemented
+    for the TensorFlow backend; other backends get a `NotImplementedError`
+    naming the backend. `"fixed"`, `"uncertainty"`, `"dwa"`, `"rlw"` and
+    `"gls"` run on every backend.
 
     The serving model is `wrapper.model`, a plain functional model: saving
     (`wrapper.save(path)`) writes it, so loading and predicting never need
@@ -335,7 +335,8 @@ class MultiTaskModel(keras.Model):
                 "implemented for the TensorFlow backend only. The current "
                 f"backend is '{keras.backend.backend()}'. Set "
                 "KERAS_BACKEND=tensorflow, or use weighting='fixed', "
-                "'uncertainty', 'dwa' or 'rlw' without `lr_multipliers`."
+                "'uncertainty', 'dwa', 'rlw' or 'gls' without "
+                "`lr_multipliers`."
             )
         self.task_loss_trackers = [
             keras.metrics.Mean(name=f"{t.name}_loss") for t in tasks
@@ -637,7 +638,8 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         tasks: list of `keras_mtl.Task`.
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, a mapping
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, `"gls"`,
+            `"upgrad"`, a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

@@ -39,17 +39,22 @@ it) into the objective the optimizer descends:
 - `FAMOWeighting`: fast adaptive multitask optimization, weights that make
   the tasks' log losses fall at equal rates, without per-task gradients
   (Liu et al., 2023).
+- `GLSWeighting`: geometric loss strategy, the objective is the geometric
+  mean of the losses (Chennupati et al., 2019).
+- `UPGradWeighting`: every task gradient on shared variables is projected
+  onto the cone of directions that conflict with no task, and the
+  projections are summed (Quinton and Rey, 2024).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
-The pure functions `uncertainty_loss`, `dwa_weights`, `pcgrad_project`,
-`gradvac_project`, `mgda_weights`, `cagrad_direction`, `imtl_weights`,
-`nash_mtl_weights`, `aligned_mtl_weights`, `famo_objective`,
-`famo_logits_gradient` and `gradnorm_gradient` implement the published
-formulas with `keras.ops` and run on every backend; GradNorm, PCGrad,
-GradVac, MGDA, CAGrad, IMTL, Nash-MTL and Aligned-MTL additionally need
-per-task gradients, which `MultiTaskModel` computes on the TensorFlow
-backend.
+The pure functions `uncertainty_loss`, `gls_loss`, `dwa_weights`,
+`pcgrad_project`, `gradvac_project`, `mgda_weights`, `cagrad_direction`,
+`imtl_weights`, `nash_mtl_weights`, `aligned_mtl_weights`,
+`upgrad_weights`, `famo_objective`, `famo_logits_gradient` and
+`gradnorm_gradient` implement the published formulas with `keras.ops` and
+run on every backend; GradNorm, PCGrad, GradVac, MGDA, CAGrad, IMTL,
+Nash-MTL, Aligned-MTL and UPGrad additionally need per-task gradients,
+which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -74,6 +79,8 @@ STRATEGIES = (
     "aligned_mtl",
     "famo",
     "gradvac",
+    "gls",
+    "upgrad",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -85,6 +92,7 @@ TASK_GRADIENT_STRATEGIES = (
     "nash_mtl",
     "aligned_mtl",
     "gradvac",
+    "upgrad",
 )
 _EPSILON = 1e-12
 
@@ -151,6 +159,48 @@ def uncertainty_loss(task_losses, log_vars, regression):
     )
     weights = scale * ops.exp(-log_vars)
     return weights * task_losses + 0.5 * log_vars, weights
+
+
+def gls_loss(task_losses, weights=None):
+    """The geometric loss strategy's objective: the losses' geometric mean.
+
+    `prod_k L_k^(w_k / sum_j w_j)` over the tasks whose weight and loss are
+    positive (with equal weights, `(prod_k L_k)^(1 / K)`, Chennupati et
+    al.'s form). Its gradient is `GLS * sum_k (w_k / sum_j w_j) grad L_k /
+    L_k`: each task's gradient is divided by its own loss, so a task whose
+    loss is 100 times smaller is not drowned by the others, whatever the
+    losses' units. A task with weight 0, or with loss 0 (no labelled rows
+    of it in the batch, under the masked mean), is left out of the
+    product, so it neither zeroes the objective nor sends the others' weights
+    to infinity. With no such task the objective is 0.
+
+    Args:
+        task_losses: tensor `(num_tasks,)` of non-negative per-task losses.
+        weights: `(num_tasks,)` non-negative exponents, or None (equal).
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+
+    >>> keras_mtl.training.gls_loss([4.0, 1.0])
+    2.0
+
+    References:
+        Chennupati et al., "MultiNet++: Multi-Stream Feature Aggregation
+        and Geometric Loss Strategy for Multi-Task Learning", CVPR
+        Workshops 2019. https://arxiv.org/abs/1904.08492
+    """
+    task_losses = ops.convert_to_tensor(task_losses)
+    if weights is None:
+        weights = ops.ones_like(task_losses)
+    weights = ops.cast(ops.convert_to_tensor(weights), task_losses.dtype)
+    used = ops.logical_and(task_losses > 0, weights > 0)
+    exponents = ops.where(used, weights, 0.0)
+    total = ops.sum(exponents)
+    logs = ops.where(used, ops.log(ops.where(used, task_losses, 1.0)), 0.0)
+    mean_log = ops.sum(exponents * logs) / ops.maximum(total, _EPSILON)
+    return ops.where(total > 0, ops.exp(mean_log), 0.0)
 
 
 def dwa_weights(loss_history, temperature=2.0):
@@ -681,6 +731,87 @@ def aligned_mtl_weights(grads, preferences=None):
     return ops.where(ops.any(keep), weights, ops.zeros_like(weights))
 
 
+def upgrad_weights(grads, preferences=None, iterations=20):
+    """UPGrad's weights: every task gradient projected onto the cone of
+    directions that conflict with no task, then summed.
+
+    The projection of `g_i` onto the dual cone `{x : g_k . x >= 0 for all
+    k}` is `sum_k v_k g_k` with `v = argmin_{v >= e_i} v^T (G G^T) v`
+    (Quinton and Rey); the weights are `sum_i p_i v^(i)`, the direction
+    `d = sum_k a_k g_k` the preference-weighted sum of the projections.
+    Since every projection lies in the cone, so does `d`: `g_k . d >= 0`
+    for every task, no task's loss rises to first order. Gradients that
+    conflict with none of the others are their own projections, so the
+    weights are then the preferences (the plain weighted sum). With two
+    tasks, the projections are PCGrad's.
+
+    The `K` small quadratic programs are solved together on the Gram
+    matrix, scaled to a unit mean diagonal, in float64, with a ridge of
+    1e-10 that keeps them finite where gradients are parallel: by a
+    primal-dual active-set method (`iterations` steps, each `K` linear
+    systems of size `K`; from the start "every bound active" it ends where
+    no gradient conflicts at once), then 10 sweeps of exact coordinate
+    descent from the point clipped to the bounds, which keep it feasible
+    and only lower the objective. A task whose gradient is zero (no
+    labelled rows of it in the batch) gets weight 0.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        preferences: `(num_tasks,)` non-negative weights of the projections,
+            or None (all 1).
+        iterations: int. Active-set steps. Defaults to `20`.
+
+    Returns:
+        A tensor `(num_tasks,)` of non-negative weights.
+
+    Example:
+
+    >>> keras_mtl.training.upgrad_weights([[1.0, 0.0], [-1.0, 1.0]])
+    [2.0, 1.5]
+
+    References:
+        Quinton and Rey, "Jacobian Descent for Multi-Objective
+        Optimization", 2024. https://arxiv.org/abs/2406.16232
+    """
+    grads = _check_task_grads(grads)
+    _check_iterations(iterations)
+    num_tasks = grads.shape[0]
+    if preferences is None:
+        preferences = ops.ones((num_tasks,), dtype=grads.dtype)
+    preferences = ops.cast(ops.convert_to_tensor(preferences), "float64")
+    gram = ops.cast(ops.matmul(grads, ops.transpose(grads)), "float64")
+    diagonal = ops.diagonal(gram)
+    valid = ops.cast(
+        diagonal > _EPSILON * _EPSILON * ops.max(diagonal), "float64"
+    )
+    eye = ops.eye(num_tasks, dtype="float64")
+    scale = ops.sum(diagonal) / num_tasks
+    gram = gram / ops.where(scale > 0, scale, 1.0) + 1e-10 * eye
+    # Row i of `v` is the i-th program's variable; `eye` its lower bounds.
+    v = eye
+    for _ in range(iterations):
+        # Bounds that hold actively: positive multiplier (the slope there).
+        active = ops.cast(ops.matmul(v, gram) - (v - eye) > 0, "float64")
+        free = 1.0 - active
+        # Free coordinates solve gram_FF v_F = -gram_FA e_A; active ones
+        # sit on their bound.
+        system = (free[:, :, None] * free[:, None, :]) * gram[None] + (
+            active[:, :, None] * eye[None]
+        )
+        rhs = active * eye - free * ops.matmul(active * eye, gram)
+        v = ops.solve(system, rhs[:, :, None])[:, :, 0]
+    v = ops.maximum(v, eye)
+    diagonal = ops.diagonal(gram)
+    for _ in range(10):
+        for j in range(num_tasks):
+            column = v[:, j]
+            slope = ops.matmul(v, gram[:, j])
+            best = ops.maximum(eye[:, j], column - slope / diagonal[j])
+            v = v + ops.expand_dims(best - column, 1) * eye[j][None, :]
+    weights = valid * ops.matmul(ops.expand_dims(preferences, 0), v)[0]
+    return ops.cast(weights, grads.dtype)
+
+
 def _famo_gaps(task_losses, min_losses):
     losses = ops.convert_to_tensor(task_losses, "float32")
     floor = 0.0 if min_losses is None else ops.cast(min_losses, "float32")
@@ -1134,6 +1265,47 @@ class RLWWeighting(WeightingStrategy):
         config = super().get_config()
         config.update({"seed": self.seed})
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class GLSWeighting(WeightingStrategy):
+    """Geometric loss strategy: the objective is the losses' geometric mean.
+
+    The training (and validation) loss is `gls_loss`: `prod_k
+    L_k^(b_k / sum_j b_j)` over the tasks with a positive fixed weight
+    `b_k` and a positive loss in the batch (with equal weights, the `K`-th
+    root of the product of the losses, as Chennupati et al. and LibMTL
+    define it). Its gradient divides each task's gradient by the task's own
+    loss, so tasks on different scales (a log loss of 0.05 beside a log
+    loss of 0.6, or an MSE in other units) pull with comparable strength,
+    without a learned or tuned weight. The logged `<task>_weight` is the
+    task's exponent `b_k / sum_j b_j`. No per-task gradients: runs on every
+    backend, at the cost of fixed weights.
+
+    Args:
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="gls")
+
+    References:
+        Chennupati et al., "MultiNet++: Multi-Stream Feature Aggregation
+        and Geometric Loss Strategy for Multi-Task Learning", CVPR
+        Workshops 2019. https://arxiv.org/abs/1904.08492
+    """
+
+    strategy_name = "gls"
+
+    def current_weights(self):
+        exponents = [w if w > 0 else 0.0 for w in self.base_weights]
+        total = sum(exponents)
+        if total > 0:
+            exponents = [w / total for w in exponents]
+        return ops.convert_to_tensor(exponents, "float32")
+
+    def combine(self, task_losses, training=False):
+        return gls_loss(task_losses, self.current_weights())
 
 
 def _random_orders(num_tasks, seed_generator):
@@ -1911,6 +2083,66 @@ class AlignedMTLWeighting(_SolvedWeighting):
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
+class UPGradWeighting(_SolvedWeighting):
+    """UPGrad: shared variables follow the sum of the task gradients, each
+    projected so that it conflicts with no task.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables each one is projected onto the cone of directions that
+    decrease no task's loss to first order (`upgrad_weights`) and the
+    projections are summed: the update conflicts with no task, and where
+    no two gradients conflict it is exactly the fixed-weights update. With
+    two tasks the projections are PCGrad's, without its random order; with
+    more, each projection accounts for all the tasks at once (PCGrad
+    projects on one task after another, and a later projection can undo an
+    earlier one). Task-specific variables (towers, heads) get their own
+    task's weighted gradient, and auxiliary losses are added unchanged, as
+    in `PCGradWeighting`. The last step's weights of the (unweighted) task
+    gradients are logged per epoch as `<task>_upgrad_alpha`. Needs the
+    TensorFlow backend (one backward pass per task).
+
+    Args:
+        iterations: int. Active-set steps of the projections (see
+            `upgrad_weights`). Defaults to `20`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            projection covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting="upgrad")
+
+    References:
+        Quinton and Rey, "Jacobian Descent for Multi-Objective
+        Optimization", 2024. https://arxiv.org/abs/2406.16232
+    """
+
+    strategy_name = "upgrad"
+    log_name = "upgrad_alpha"
+
+    def __init__(self, iterations=20, **kwargs):
+        super().__init__(**kwargs)
+        self.iterations = _check_iterations(iterations)
+
+    def solve(self, flat):
+        # `flat` holds the weighted gradients w_k g_k, whose projections
+        # are w_k times those of g_k: preferences 1 on them.
+        weights = upgrad_weights(flat, iterations=self.iterations)
+        base = ops.convert_to_tensor(
+            [w for w in self.base_weights if w > 0], flat.dtype
+        )
+        return _combine(weights, flat), weights * base
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"iterations": self.iterations})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
 class FAMOWeighting(WeightingStrategy):
     """FAMO: weights that make the tasks' log losses fall at equal rates.
 
@@ -2036,6 +2268,8 @@ _CLASSES = {
     "nash_mtl": NashMTLWeighting,
     "aligned_mtl": AlignedMTLWeighting,
     "famo": FAMOWeighting,
+    "gls": GLSWeighting,
+    "upgrad": UPGradWeighting,
 }
 
 
@@ -2045,9 +2279,8 @@ def get(identifier):
     Args:
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
-            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`; a
-            mapping
-            `{"name": ..., **arguments}` (e.g.
+            `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`,
+            `"gls"`, `"upgrad"`; a mapping `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).
 

@@ -498,6 +498,81 @@ def test_aligned_mtl_step_moves_shared_variables_along_the_aligned_sum(
     np.testing.assert_allclose(logged, alpha, rtol=1e-3)
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_upgrad_step_moves_shared_variables_along_the_summed_projections(
+    make_problem, weight
+):
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    tasks[1] = Task("t1", "regression", weight=weight)
+    # Two weighted gradients in conflict: each projected onto the other's
+    # normal plane (PCGrad's projections), then summed.
+    rows = np.asarray(flat, dtype="float64") * np.array([[1.0], [weight]])
+    dot = rows[0] @ rows[1]
+    assert dot < 0
+    on_rows = 1.0 - dot / np.sum(rows * rows, axis=1)
+    combined = on_rows @ rows
+    # The update conflicts with neither task.
+    assert np.all(rows @ combined > 0)
+    wrapper = _compile(
+        model, tasks, weighting="upgrad", optimizer="sgd", learning_rate=0.1
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    per_task[1] = [g * weight for g in per_task[1]]
+    _assert_one_sgd_step(model, start, per_task, shared, combined)
+    logged = [history.history[f"t{k}_upgrad_alpha"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, on_rows * [1.0, weight], rtol=1e-4)
+
+
+def test_gls_step_divides_each_task_gradient_by_its_loss(make_problem):
+    specs, tasks, arrays = make_problem(
+        200,
+        [[1, 0.5, 0, 0], [0, 0, 1, 0.5]],
+        [0.1, 1.0],
+        ["regression", "regression"],
+        scale=[1.0, 10.0],
+    )
+    keras.utils.set_random_seed(3)
+    start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
+    x, y, sw = arrays
+    probe = models.shared_bottom(specs, tasks, bottom_units=[8])
+    probe.set_weights(start)
+    before = _compile(probe, tasks).evaluate(
+        x, y, sample_weight=sw, batch_size=200, verbose=0, return_dict=True
+    )
+    losses = np.array([before["t0_loss"], before["t1_loss"]])
+    assert losses[1] > 10 * losses[0]  # on very different scales
+    gls = np.sqrt(losses.prod())
+    # d GLS / d L_k = GLS / (2 L_k): one SGD step of GLS is one step of
+    # fixed weights with those weights.
+    trained = []
+    for weighting, loss_weights in (
+        ("gls", None),
+        ("fixed", dict(zip(["t0", "t1"], gls / (2 * losses)))),
+    ):
+        model = models.shared_bottom(specs, tasks, bottom_units=[8])
+        model.set_weights(start)
+        wrapper = _compile(
+            model,
+            tasks,
+            weighting=weighting,
+            loss_weights=loss_weights,
+            optimizer="sgd",
+            learning_rate=0.05,
+        )
+        history = _fit(wrapper, arrays, batch_size=200)
+        trained.append(model.get_weights())
+        if weighting == "gls":
+            np.testing.assert_allclose(
+                history.history["loss"][0], gls, rtol=1e-5
+            )
+            assert history.history["t0_weight"] == [0.5]
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(trained[0][0], start[0])
+
+
 def _conflicting_embedding_model():
     """A shared bottom over a numeric feature and an embedded categorical
     one, with two regression tasks of opposite labels and identical heads.

@@ -24,6 +24,8 @@ from keras_mtl import training
         {"name": "pcgrad", "shared_scope": "dense"},
         {"name": "famo", "learning_rate": 0.01},
         {"name": "gradvac", "beta": 0.1},
+        "gls",
+        {"name": "upgrad", "iterations": 5},
     ],
     ids=[
         "fixed",
@@ -39,6 +41,8 @@ from keras_mtl import training
         "pcgrad_dense_scope",
         "famo",
         "gradvac",
+        "gls",
+        "upgrad",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

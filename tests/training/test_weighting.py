@@ -1,5 +1,5 @@
 """The published formulas: PCGrad, GradVac, MGDA, CAGrad, IMTL, Nash-MTL,
-Aligned-MTL, FAMO, DWA, uncertainty and GradNorm."""
+Aligned-MTL, UPGrad, FAMO, GLS, DWA, uncertainty and GradNorm."""
 
 import keras
 import numpy as np
@@ -397,7 +397,7 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = (names + " nash_mtl aligned_mtl famo gradvac").split()
+    names = (names + " nash_mtl aligned_mtl famo gradvac gls upgrad").split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -649,6 +649,8 @@ NON_DEFAULT_ARGUMENTS = {
     "aligned_mtl": {"shared_scope": "dense"},
     "famo": {"learning_rate": 0.01, "weight_decay": 0.0},
     "gradvac": {"beta": 0.25, "seed": 2, "shared_scope": "dense"},
+    "gls": {},
+    "upgrad": {"iterations": 10, "shared_scope": "dense"},
 }
 
 
@@ -733,6 +735,7 @@ def _tiny_model():
         {"weighting": "aligned_mtl"},
         {"weighting": "famo"},
         {"weighting": "gradvac"},
+        {"weighting": "upgrad"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -744,6 +747,7 @@ def _tiny_model():
         "aligned_mtl",
         "famo",
         "gradvac",
+        "upgrad",
         "lr_multipliers",
     ],
 )
@@ -755,3 +759,126 @@ def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     # Loss-only strategies do not need the TensorFlow backend.
     wrapper = training.MultiTaskModel(model, tasks, weighting="dwa")
     assert isinstance(wrapper.weighting, weighting.DWAWeighting)
+    model, tasks = _tiny_model()
+    wrapper = training.MultiTaskModel(model, tasks, weighting="gls")
+    assert isinstance(wrapper.weighting, weighting.GLSWeighting)
+
+
+def _upgrad_reference(grads, preferences):
+    """UPGrad's weights from `K` box-constrained programs solved by
+    scipy's L-BFGS-B: `sum_i p_i argmin_{v >= e_i} v^T G G^T v`."""
+    from scipy.optimize import minimize
+
+    grads = np.asarray(grads, dtype="float64")
+    gram = grads @ grads.T
+    num_tasks = len(grads)
+    total = np.zeros(num_tasks)
+    for i in range(num_tasks):
+        low = np.eye(num_tasks)[i]
+        result = minimize(
+            lambda v: v @ gram @ v,
+            low + 0.1,
+            jac=lambda v: 2 * gram @ v,
+            bounds=[(b, None) for b in low],
+            method="L-BFGS-B",
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000},
+        )
+        total += preferences[i] * result.x
+    return total
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize(
+    "num_tasks, dim, collinear",
+    [(3, 8, False), (5, 8, False), (4, 2, False), (3, 30, True)],
+)
+def test_upgrad_matches_a_quadratic_programming_reference(
+    num_tasks, dim, collinear
+):
+    rng = np.random.default_rng(num_tasks)
+    for _ in range(3):
+        grads = rng.normal(size=(num_tasks, dim)).astype("float32")
+        if collinear:
+            # Two nearly parallel tasks (cosine about 0.99) against a third,
+            # with norms 100x apart: an ill-conditioned program.
+            grads[1] = 0.01 * (grads[0] + 0.1 * grads[1])
+            grads[2] = -0.5 * grads[0] + 0.5 * grads[2]
+        preferences = rng.uniform(0.5, 2.0, num_tasks).astype("float32")
+        alpha = _np(training.upgrad_weights(grads, preferences))
+        expected = _upgrad_reference(grads, preferences)
+        direction = alpha @ grads
+        np.testing.assert_allclose(
+            direction, expected @ grads, rtol=1e-4, atol=1e-4
+        )
+        if dim >= num_tasks:
+            # Independent gradients: the weights are unique too.
+            np.testing.assert_allclose(alpha, expected, rtol=1e-4, atol=1e-5)
+        # The direction conflicts with no task.
+        products = grads.astype("float64") @ direction
+        scale = np.sum(grads.astype("float64") ** 2, axis=1).max()
+        assert np.all(products >= -1e-5 * scale)
+
+
+@pytest.mark.backend
+def test_upgrad_is_the_weighted_sum_without_conflict_and_pcgrad_for_two():
+    # Pairwise non-negative dot products: nothing to project.
+    grads = np.array([[1.0, 0.0, 1.0], [0.5, 2.0, 0.0], [0.0, 1.0, 1.0]])
+    alpha = _np(training.upgrad_weights(grads.astype("float32"), [1, 2, 3]))
+    np.testing.assert_allclose(alpha, [1, 2, 3], rtol=1e-6)
+    # Two conflicting tasks: the sum of PCGrad's two projections.
+    grads = np.array([[1.0, 0.0], [-1.0, 1.0]], dtype="float32")
+    alpha = _np(training.upgrad_weights(grads))
+    np.testing.assert_allclose(alpha, [2.0, 1.5], rtol=1e-6)
+    projected = _pcgrad_reference(grads, [[0, 1], [1, 0]]).sum(axis=0)
+    np.testing.assert_allclose(alpha @ grads, projected, rtol=1e-6)
+
+
+@pytest.mark.backend
+def test_upgrad_degenerate_gradients():
+    # A task without gradient gets weight 0; the others are unaffected.
+    grads = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]], dtype="float32")
+    alpha = _np(training.upgrad_weights(grads))
+    np.testing.assert_allclose(alpha, [2.0, 0.0, 1.5], rtol=1e-6)
+    # Exactly opposite gradients: both projections are 0.
+    alpha = _np(training.upgrad_weights([[1.0, 2.0], [-2.0, -4.0]]))
+    np.testing.assert_allclose(
+        alpha @ np.array([[1.0, 2.0], [-2.0, -4.0]]), [0, 0], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        _np(training.upgrad_weights(np.zeros((2, 3), "float32"))), [0, 0]
+    )
+    with pytest.raises(ValueError, match="`iterations` must be"):
+        training.upgrad_weights([[1.0, 0.0]], iterations=0)
+    with pytest.raises(ValueError, match="2-D tensor"):
+        training.upgrad_weights([1.0, 2.0])
+
+
+@pytest.mark.backend
+def test_gls_loss_is_the_weighted_geometric_mean_of_the_present_losses():
+    np.testing.assert_allclose(_np(training.gls_loss([4.0, 1.0])), 2.0)
+    np.testing.assert_allclose(
+        _np(training.gls_loss([8.0, 1.0, 0.5])), 2.0 ** (2 / 3), rtol=1e-6
+    )
+    # Exponents w_k / sum w: (8^1 * 1^3)^(1/4).
+    np.testing.assert_allclose(
+        _np(training.gls_loss([8.0, 1.0], [1.0, 3.0])), 8.0**0.25, rtol=1e-6
+    )
+    # A task with loss 0 (no labelled rows) or weight 0 is left out.
+    np.testing.assert_allclose(_np(training.gls_loss([4.0, 0.0, 1.0])), 2.0)
+    np.testing.assert_allclose(
+        _np(training.gls_loss([4.0, 9.0, 1.0], [1.0, 0.0, 1.0])), 2.0
+    )
+    assert _np(training.gls_loss([0.0, 0.0])) == 0.0
+    # d GLS / d L_k = GLS w_k / (sum w L_k), by central differences.
+    losses = np.array([0.3, 2.0, 0.05])
+    weights = np.array([1.0, 0.5, 2.0])
+    value = _np(training.gls_loss(losses, weights))
+    for k in range(3):
+        step = np.zeros(3)
+        step[k] = 1e-3 * losses[k]
+        slope = (
+            _np(training.gls_loss(losses + step, weights))
+            - _np(training.gls_loss(losses - step, weights))
+        ) / (2 * step[k])
+        expected = value * weights[k] / (weights.sum() * losses[k])
+        np.testing.assert_allclose(slope, expected, rtol=1e-3)
