@@ -4,7 +4,8 @@
   `compile(weighted_metrics={task.name: ...})` so that each task's sample
   weights (its sample space) apply to its metrics as they do to its loss.
 - `PCOC`: streaming calibration metric, predicted over observed positives.
-- `auc`, `gauc`, `pcoc`: exact numpy/pandas versions for offline evaluation.
+- `auc`, `gauc`, `pcoc`: exact numpy/pandas versions for offline evaluation;
+  `calibration_table` and `calibration_error` (ECE over equal-weight bins).
 - `evaluate_report`: one row of metrics per task for a model and a data set.
 """
 
@@ -26,6 +27,7 @@ _COLUMNS = (
     "gauc",
     "logloss",
     "pcoc",
+    "ece",
     "rmse",
     "mae",
     "accuracy",
@@ -390,6 +392,122 @@ def pcoc(labels, preds, weights=None):
     return float(np.sum(weights * preds) / observed)
 
 
+def calibration_table(labels, preds, weights=None, bins=10):
+    """Reliability table: predictions against outcomes, bin by bin.
+
+    The rows are sorted by prediction and cut into `bins` bins of equal
+    weight (equal mass: every bin holds about the same share of the
+    traffic, so a model that predicts mostly small probabilities still gets
+    `bins` informative rows, where fixed-width bins would put nearly all
+    rows into the first one). Rows with the same prediction always share a
+    bin, so a bin can hold more than its share and fewer bins may come out.
+
+    Args:
+        labels: array `(n,)` of 0/1 labels.
+        preds: array `(n,)` or `(n, 1)` of predicted probabilities.
+        weights: optional array `(n,)` of sample weights `>= 0` (0 leaves a
+            row out). Defaults to `None` (all 1).
+        bins: int. Number of equal-weight bins. Defaults to `10`.
+
+    Returns:
+        pandas DataFrame, one row per non-empty bin in increasing order of
+        prediction, with columns `n` (rows), `weight`, `pred_min`,
+        `pred_max`, `mean_pred` and `mean_label` (weighted means) and
+        `pcoc` (their ratio; NaN without a positive in the bin).
+
+    Example:
+
+    >>> keras_mtl.metrics.calibration_table(
+    ...     [0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], bins=2)
+       n  weight  pred_min  pred_max  mean_pred  mean_label  pcoc
+    0  2     2.0       0.1       0.2       0.15         0.0   NaN
+    1  2     2.0       0.7       0.9       0.80         1.0   0.8
+    """
+    labels, preds, weights = _binary_inputs(labels, preds, weights)
+    if (
+        isinstance(bins, bool)
+        or not isinstance(bins, (int, np.integer))
+        or bins < 1
+    ):
+        raise ValueError(f"`bins` must be an integer >= 1. Received: {bins!r}")
+    columns = ["n", "weight", "pred_min", "pred_max", "mean_pred"]
+    columns += ["mean_label", "pcoc"]
+    keep = weights > 0
+    labels, preds, weights = labels[keep], preds[keep], weights[keep]
+    total = float(np.sum(weights))
+    if total <= 0:
+        return pd.DataFrame(columns=columns)
+    order = np.argsort(preds, kind="stable")
+    labels, preds, weights = labels[order], preds[order], weights[order]
+    before = np.cumsum(weights) - weights  # weight of the rows before
+    index = np.minimum((before / total * bins).astype("int64"), bins - 1)
+    # Tied predictions take the bin of the first of them.
+    index = index[np.searchsorted(preds, preds, side="left")]
+    frame = pd.DataFrame(
+        {
+            "bin": index,
+            "weight": weights,
+            "pred": preds,
+            "wp": weights * preds,
+            "wy": weights * labels,
+        }
+    )
+    grouped = frame.groupby("bin", sort=True)
+    weight = grouped["weight"].sum().to_numpy()
+    wy = grouped["wy"].sum().to_numpy()
+    table = pd.DataFrame(
+        {
+            "n": grouped.size().to_numpy(),
+            "weight": weight,
+            "pred_min": grouped["pred"].min().to_numpy(),
+            "pred_max": grouped["pred"].max().to_numpy(),
+            "mean_pred": grouped["wp"].sum().to_numpy() / weight,
+            "mean_label": wy / weight,
+        }
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = grouped["wp"].sum().to_numpy() / wy
+    table["pcoc"] = np.where(wy > 0, ratio, np.nan)
+    return table
+
+
+def calibration_error(labels, preds, weights=None, bins=10):
+    """Expected calibration error over equal-weight bins.
+
+    `sum_b (W_b / W) |mean_pred_b - mean_label_b|` over the bins of
+    `calibration_table`: the traffic-weighted gap between what the model
+    predicts and what happens, bin by bin. 0 is perfect calibration in
+    every bin; PCOC, the overall ratio, can be 1 while low and high
+    predictions err in opposite directions, which this catches.
+
+    Args:
+        labels: array `(n,)` of 0/1 labels.
+        preds: array `(n,)` or `(n, 1)` of predicted probabilities.
+        weights: optional array `(n,)` of sample weights `>= 0`. Defaults
+            to `None` (all 1).
+        bins: int. Number of equal-weight bins. Defaults to `10`.
+
+    Returns:
+        float in [0, 1]; NaN without a row of positive weight.
+
+    Example:
+
+    >>> keras_mtl.metrics.calibration_error(
+    ...     [0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], bins=2)
+    0.175
+
+    References:
+        Naeini et al., "Obtaining Well Calibrated Probabilities Using
+        Bayesian Binning", AAAI 2015.
+    """
+    table = calibration_table(labels, preds, weights, bins)
+    if table.empty:
+        return math.nan
+    gaps = np.abs(table["mean_pred"] - table["mean_label"]).to_numpy()
+    weight = table["weight"].to_numpy()
+    return float(np.sum(weight * gaps) / np.sum(weight))
+
+
 def _weighted_mean(values, weights):
     total = float(np.sum(weights))
     if total <= 0:
@@ -397,9 +515,14 @@ def _weighted_mean(values, weights):
     return float(np.sum(values * weights) / total)
 
 
-def _binary_row(labels, preds, weights, users):
+def _binary_row(labels, preds, weights, users, bins):
     if len(labels) == 0:
-        row = {"auc": math.nan, "logloss": math.nan, "pcoc": math.nan}
+        row = {
+            "auc": math.nan,
+            "logloss": math.nan,
+            "pcoc": math.nan,
+            "ece": math.nan,
+        }
         if users is not None:
             row["gauc"] = math.nan
         return row
@@ -409,6 +532,7 @@ def _binary_row(labels, preds, weights, users):
         "auc": auc(labels, preds, weights),
         "logloss": _weighted_mean(losses, weights),
         "pcoc": pcoc(labels, preds, weights),
+        "ece": calibration_error(labels, preds, weights, bins),
     }
     if users is not None:
         row["gauc"] = gauc(labels, preds, users, weights)
@@ -529,13 +653,15 @@ def evaluate_report(
     features=None,
     user_column=None,
     batch_size=4096,
+    calibration_bins=10,
 ):
     """Evaluates every task of a model on its own sample space.
 
     Predicts once, then for each task keeps only the rows whose sample
     weight is positive (inside the task's space, label observed) and
     computes exact metrics with numpy: `auc` (`keras_mtl.metrics.auc`),
-    `gauc` over `user_column`, `logloss` and `pcoc` for binary tasks;
+    `gauc` over `user_column`, `logloss`, `pcoc` and `ece`
+    (`keras_mtl.metrics.calibration_error`) for binary tasks;
     `rmse` and `mae` for regression; `accuracy` and `logloss` for
     multiclass. The sample weights also weight each metric (they are 0/1
     in data from `keras_mtl.data`, where this is a plain mask).
@@ -554,12 +680,15 @@ def evaluate_report(
         user_column: str or None. Column (DataFrame) or feature (`x` key)
             holding user ids; adds a `gauc` column. Defaults to `None`.
         batch_size: int. Batch size of `model.predict`. Defaults to `4096`.
+        calibration_bins: int. Equal-weight bins of the `ece` column.
+            Defaults to `10`.
 
     Returns:
         pandas DataFrame indexed by task name with columns `kind`, `n` (rows
         inside the task's space), `auc`, `gauc` (only with `user_column`),
-        `logloss`, `pcoc`, `rmse`, `mae`, `accuracy`; NaN where a metric does
-        not apply to the task's kind or the task has no in-space row.
+        `logloss`, `pcoc`, `ece`, `rmse`, `mae`, `accuracy`; NaN where a
+        metric does not apply to the task's kind or the task has no
+        in-space row.
 
     Example:
 
@@ -586,6 +715,15 @@ def evaluate_report(
                     f"Task '{task.name}' is not an output of the model. "
                     f"Model outputs: {sorted(outputs)}"
                 )
+    if (
+        isinstance(calibration_bins, bool)
+        or not isinstance(calibration_bins, (int, np.integer))
+        or calibration_bins < 1
+    ):
+        raise ValueError(
+            "`calibration_bins` must be an integer >= 1. Received: "
+            f"calibration_bins={calibration_bins!r}"
+        )
     x, y, sw, users = _unpack(data, tasks, features, user_column)
 
     try:
@@ -630,6 +768,7 @@ def evaluate_report(
                     pred.reshape(len(labels)),
                     weights,
                     None if users is None else users[keep],
+                    calibration_bins,
                 )
             )
         elif task.kind == "regression":

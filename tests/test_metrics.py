@@ -418,13 +418,96 @@ def test_pcoc_function():
     assert np.isnan(metrics.pcoc([0, 0], [0.1, 0.2]))
 
 
+def ece_loop(labels, preds, bins):
+    """ECE of distinct predictions in `bins` bins of equal size (the
+    number of rows a multiple of `bins`)."""
+    order = np.argsort(preds)
+    gaps = [
+        abs(np.mean(preds[part]) - np.mean(labels[part]))
+        for part in np.split(order, bins)
+    ]
+    return float(np.mean(gaps))
+
+
+@backend
+def test_calibration_table_and_error_on_a_small_example():
+    table = metrics.calibration_table(
+        [0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], bins=2
+    )
+    assert list(table.columns) == [
+        "n",
+        "weight",
+        "pred_min",
+        "pred_max",
+        "mean_pred",
+        "mean_label",
+        "pcoc",
+    ]
+    np.testing.assert_allclose(table["mean_pred"], [0.15, 0.8])
+    np.testing.assert_allclose(table["mean_label"], [0.0, 1.0])
+    assert np.isnan(table["pcoc"][0]) and table["pcoc"][1] == 0.8
+    assert metrics.calibration_error(
+        [0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], bins=2
+    ) == pytest.approx(0.175)
+    # Tied predictions share a bin even when it takes more than its share.
+    table = metrics.calibration_table(
+        [0, 1, 0, 1], [0.3, 0.3, 0.3, 0.8], bins=4
+    )
+    assert list(table["n"]) == [3, 1]
+    np.testing.assert_allclose(table["mean_label"], [1 / 3, 1.0])
+    # A weight of 2 counts a row twice; weight 0 leaves it out.
+    rng = np.random.default_rng(3)
+    y = (rng.random(60) < 0.4).astype("float64")
+    p = rng.random(60)
+    twice = metrics.calibration_error(
+        np.concatenate([y, y[:20]]), np.concatenate([p, p[:20]]), bins=5
+    )
+    weights = np.r_[np.full(20, 2.0), np.ones(40)]
+    np.testing.assert_allclose(
+        metrics.calibration_error(y, p, weights, bins=5), twice, rtol=1e-12
+    )
+    dropped = metrics.calibration_error(y[10:], p[10:], bins=5)
+    weights = np.r_[np.zeros(10), np.ones(50)]
+    np.testing.assert_allclose(
+        metrics.calibration_error(y, p, weights, bins=5), dropped, rtol=1e-12
+    )
+    assert np.isnan(metrics.calibration_error([1, 0], [0.2, 0.4], [0, 0]))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="`bins` must be an integer"):
+            metrics.calibration_table([1, 0], [0.2, 0.4], bins=bad)
+    with pytest.raises(ValueError, match="`labels` must be 0 or 1"):
+        metrics.calibration_error([2, 0], [0.2, 0.4])
+
+
+@backend
+def test_calibration_error_separates_calibrated_from_miscalibrated():
+    rng = np.random.default_rng(4)
+    p = rng.beta(1, 8, 200_000)  # mostly small probabilities, like CTRs
+    y = (rng.random(len(p)) < p).astype("float64")
+    assert len(p) % 20 == 0
+    calibrated = metrics.calibration_error(y, p, bins=20)
+    np.testing.assert_allclose(calibrated, ece_loop(y, p, 20), rtol=1e-9)
+    assert calibrated < 0.003
+    # Too timid (pulled toward the average): right on average overall, so
+    # PCOC is about 1, but wrong in every bin but the middle ones.
+    timid = p.mean() + 0.3 * (p - p.mean())
+    assert abs(metrics.pcoc(y, timid) - 1.0) < 0.02
+    # E|0.7 (p - mean p)| is about 0.054.
+    assert metrics.calibration_error(y, timid, bins=20) > 0.04
+    # Equal-weight bins: 20 rows of about 10,000 each.
+    table = metrics.calibration_table(y, p, bins=20)
+    assert len(table) == 20 and set(table["n"]) == {10_000}
+    assert np.all(np.diff(table["mean_pred"]) > 0)
+
+
 # ---------------------------------------------------------------------------
 # evaluate_report.
 # ---------------------------------------------------------------------------
 
 
 def check_report(report, model, x, y, sw, with_gauc=True):
-    columns = ["kind", "n", "auc", "logloss", "pcoc", "rmse", "mae", "accuracy"]
+    columns = ["kind", "n", "auc", "logloss", "pcoc", "ece"]
+    columns += ["rmse", "mae", "accuracy"]
     if with_gauc:
         columns.insert(3, "gauc")
     assert list(report.columns) == columns
@@ -442,6 +525,11 @@ def check_report(report, model, x, y, sw, with_gauc=True):
     )
     np.testing.assert_allclose(
         click["pcoc"], p.sum() / y["click"].sum(), rtol=1e-9
+    )
+    # Every click row is in the space; 10 bins of equal size.
+    assert len(p) % 10 == 0
+    np.testing.assert_allclose(
+        click["ece"], ece_loop(y["click"], p, 10), rtol=1e-7
     )
     if with_gauc:
         expected = gauc_loop(y["click"], p, x["user_id"])
@@ -518,6 +606,8 @@ def test_evaluate_report_errors():
         )
     with pytest.raises(ValueError, match="`data` must be a pandas DataFrame"):
         metrics.evaluate_report(model, x, TASKS)
+    with pytest.raises(ValueError, match="`calibration_bins` must be"):
+        metrics.evaluate_report(model, (x, y, sw), TASKS, calibration_bins=0)
 
 
 def test_evaluate_report_from_tf_dataset():
