@@ -6,7 +6,7 @@
   `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
   `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
   `AlignedMTLWeighting`, `FAMOWeighting`, `GLSWeighting`,
-  `UPGradWeighting`; per-task learning-rate
+  `UPGradWeighting`, `DBMTLWeighting`; per-task learning-rate
   multipliers; inverse propensity weighting of a task's loss by another
   task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
   weights logged every epoch (`TaskWeightLogger`).
@@ -36,6 +36,7 @@ from keras_mtl.training.multitask_model import compile
 from keras_mtl.training.weighting import STRATEGIES
 from keras_mtl.training.weighting import AlignedMTLWeighting
 from keras_mtl.training.weighting import CAGradWeighting
+from keras_mtl.training.weighting import DBMTLWeighting
 from keras_mtl.training.weighting import DWAWeighting
 from keras_mtl.training.weighting import FAMOWeighting
 from keras_mtl.training.weighting import FixedWeighting
@@ -70,6 +71,7 @@ __all__ = [
     "STRATEGIES",
     "AlignedMTLWeighting",
     "CAGradWeighting",
+    "DBMTLWeighting",
     "DWAWeighting",
     "FAMOWeighting",
     "FixedWeighting",

@@ -209,7 +209,8 @@ class MultiTaskModel(keras.Model):
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
     `"gradvac"`, `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`,
-    `"aligned_mtl"`, `"upgrad"`), the batch's losses after the update
+    `"aligned_mtl"`, `"upgrad"`, `"db_mtl"`), the batch's losses after the
+    update
     (`"famo"`) and `lr_multipliers` use a custom `train_step` implemented
     for the TensorFlow backend; other backends get a `NotImplementedError`
     naming the backend. `"fixed"`, `"uncertainty"`, `"dwa"`, `"rlw"` and
@@ -304,7 +305,18 @@ class MultiTaskModel(keras.Model):
                 "This weighting strategy is already attached to a model; "
                 "pass a new instance."
             )
-        self.weighting.setup(tasks)
+        shared = [
+            v
+            for v in model.trainable_variables
+            if len(self._owners.get(id(v), ())) >= 2
+        ]
+        tables = [
+            v
+            for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.Embedding)
+            for v in layer.trainable_variables
+        ]
+        self.weighting.setup(tasks, shared, tables)
         self.lr_multipliers = _check_lr_multipliers(lr_multipliers, tasks)
         self.propensity = check_propensity(propensity, min_propensity, tasks)
         self.min_propensity = float(min_propensity)
@@ -639,7 +651,7 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, `"gls"`,
-            `"upgrad"`, a mapping
+            `"upgrad"`, `"db_mtl"`, a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

@@ -44,6 +44,9 @@ it) into the objective the optimizer descends:
 - `UPGradWeighting`: every task gradient on shared variables is projected
   onto the cone of directions that conflict with no task, and the
   projections are summed (Quinton and Rey, 2024).
+- `DBMTLWeighting`: dual balancing, log losses (scale-free) and averaged
+  task gradients on shared variables scaled to a common norm (Lin et al.,
+  2023).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
@@ -53,8 +56,8 @@ The pure functions `uncertainty_loss`, `gls_loss`, `dwa_weights`,
 `upgrad_weights`, `famo_objective`, `famo_logits_gradient` and
 `gradnorm_gradient` implement the published formulas with `keras.ops` and
 run on every backend; GradNorm, PCGrad, GradVac, MGDA, CAGrad, IMTL,
-Nash-MTL, Aligned-MTL and UPGrad additionally need per-task gradients,
-which `MultiTaskModel` computes on the TensorFlow backend.
+Nash-MTL, Aligned-MTL, UPGrad and DB-MTL additionally need per-task
+gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -81,6 +84,7 @@ STRATEGIES = (
     "gradvac",
     "gls",
     "upgrad",
+    "db_mtl",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -93,6 +97,7 @@ TASK_GRADIENT_STRATEGIES = (
     "aligned_mtl",
     "gradvac",
     "upgrad",
+    "db_mtl",
 )
 _EPSILON = 1e-12
 
@@ -956,16 +961,28 @@ class WeightingStrategy(keras.layers.Layer):
 
     # -- setup -------------------------------------------------------------
 
-    def setup(self, tasks):
-        """Creates the strategy's state for `tasks` (list of `Task`)."""
+    def setup(self, tasks, shared_variables=(), table_variables=()):
+        """Creates the strategy's state for `tasks` (list of `Task`).
+
+        `shared_variables`: the model's trainable variables that two or
+        more tasks depend on; `table_variables`: those of them that are
+        embedding tables (`keras.layers.Embedding`). Only strategies that
+        keep per-variable state use them.
+        """
         self.task_names = [t.name for t in tasks]
         self.task_kinds = [t.kind for t in tasks]
         self.base_weights = [t.weight for t in tasks]
         self.create_state(len(tasks))
+        self.create_variable_state(
+            list(shared_variables), list(table_variables)
+        )
         self.built = True
 
     def create_state(self, num_tasks):
         """Creates the strategy's variables (none by default)."""
+
+    def create_variable_state(self, shared_variables, table_variables):
+        """Creates state shaped like the shared variables (none by default)."""
 
     def set_base_weights(self, base_weights):
         """Sets the fixed weights (a list, one per task) at compile time."""
@@ -2143,6 +2160,203 @@ class UPGradWeighting(_SolvedWeighting):
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
+class DBMTLWeighting(WeightingStrategy):
+    """DB-MTL: dual balancing, of the loss scales and of the gradient norms.
+
+    Loss scales: every task descends `log L_k` instead of `L_k`, whose
+    gradient `grad L_k / L_k` does not depend on the loss's scale (units,
+    label range, base rate). Gradient magnitudes: on the *shared* variables
+    each task keeps an exponential moving average `m_k` of its log-loss
+    gradient (`m_k <- g_k + beta / t^beta_sigma (m_k - g_k)` at step `t`,
+    so the average fades into the current gradient as training goes on),
+    and the update is `sum_k b_k (max_j |m_j| / |m_k|) m_k`: every task's
+    averaged gradient is scaled to the largest norm among them, then
+    weighted by its fixed weight `b_k`. Task-specific variables (towers,
+    heads) get `sum_k b_k grad log L_k`, and auxiliary losses are added
+    unchanged. The scale factors of the last step are logged per epoch as
+    `<task>_db_alpha`; the logged training loss is the fixed-weights sum.
+    Needs the TensorFlow backend (one backward pass per task).
+
+    The averages take one copy of every balanced variable per task (with
+    `shared_scope="all"`, embedding tables included, as in the paper and
+    LibMTL). `shared_scope="dense"` leaves the embedding tables
+    (`keras.layers.Embedding` weights) out of the balancing: they get
+    `sum_k b_k grad log L_k`, kept sparse, and no copy; what a large ID
+    vocabulary needs. The averages are not part of `get_state` (they fade
+    within a few hundred steps); the step count is.
+
+    Args:
+        beta: float in [0, 1). The averages' decay at step 1. Defaults to
+            `0.9` (the paper's).
+        beta_sigma: float >= 0. How fast the decay falls with the step.
+            Defaults to `0.5` (the paper's).
+        shared_scope: `"all"` or `"dense"`. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="db_mtl")
+
+    References:
+        Lin et al., "Dual-Balancing for Multi-Task Learning", 2023.
+        https://arxiv.org/abs/2308.12029
+    """
+
+    strategy_name = "db_mtl"
+    needs_task_gradients = True
+
+    def __init__(self, beta=0.9, beta_sigma=0.5, shared_scope="all", **kwargs):
+        super().__init__(**kwargs)
+        beta = _check_positive("beta", beta, allow_zero=True)
+        if beta >= 1.0:
+            raise ValueError(
+                f"`beta` must be in [0, 1). Received: beta={beta!r}"
+            )
+        self.beta = beta
+        self.beta_sigma = _check_positive(
+            "beta_sigma", beta_sigma, allow_zero=True
+        )
+        if shared_scope not in SHARED_SCOPES:
+            raise ValueError(
+                f"`shared_scope` must be one of {SHARED_SCOPES}. "
+                f"Received: shared_scope={shared_scope!r}"
+            )
+        self.shared_scope = shared_scope
+
+    def create_state(self, num_tasks):
+        self.step = self.add_weight(
+            name="step", shape=(), initializer="zeros", trainable=False
+        )
+        self.alpha = self.add_weight(
+            name="alpha",
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def create_variable_state(self, shared_variables, table_variables):
+        tables = {id(v) for v in table_variables}
+        balanced = [
+            v
+            for v in shared_variables
+            if self.shared_scope == "all" or id(v) not in tables
+        ]
+        self._balanced = {id(v): k for k, v in enumerate(balanced)}
+        self.averages = [
+            self.add_weight(
+                name=f"average_{k}",
+                shape=(self.num_tasks, *v.shape),
+                initializer="zeros",
+                trainable=False,
+            )
+            for k, v in enumerate(balanced)
+        ]
+
+    def task_gradients(self, context):
+        variables = context.variables
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        weights = [self.base_weights[i] for i in active]
+        keep_sparse = self.shared_scope == "dense"
+        # Gradients of log L_k, in the loss-scaled units the optimizer
+        # expects: grad(s L_k) / L_k.
+        per_task = []
+        for i in active:
+            loss = ops.cast(context.task_losses[i], "float32")
+            factor = 1.0 / (ops.stop_gradient(loss) + 1e-8)
+            grads = context.gradient(
+                context.scaled_losses[i], dense=not keep_sparse
+            )
+            per_task.append(
+                [None if g is None else context.scale(g, factor) for g in grads]
+            )
+        extra = (
+            context.gradient(context.scaled_extra, dense=not keep_sparse)
+            if context.scaled_extra is not None
+            else [None] * len(variables)
+        )
+        balanced = [
+            k for k, v in enumerate(variables) if id(v) in self._balanced
+        ]
+        out = []
+        for k in range(len(variables)):
+            if k in balanced:
+                out.append(None)
+                continue
+            parts = [
+                context.scale(g[k], w)
+                for g, w in zip(per_task, weights)
+                if g[k] is not None
+            ]
+            if extra[k] is not None:
+                parts.append(extra[k])
+            out.append(context.add(parts) if parts else None)
+        if not balanced or not active:
+            return out
+        step = self.step + 1.0
+        decay = self.beta / ops.power(step, self.beta_sigma)
+        unscale = 1.0 / context.loss_scale
+        index = ops.convert_to_tensor([[i] for i in active], "int32")
+        new_averages = []
+        squares = ops.zeros((len(active),), "float32")
+        for k in balanced:
+            state = self.averages[self._balanced[id(variables[k])]]
+            current = ops.stack(
+                [
+                    _dense(context.densify(g[k]), variables[k]) * unscale
+                    for g in per_task
+                ]
+            )
+            previous = ops.take(state, ops.convert_to_tensor(active), axis=0)
+            average = current + decay * (previous - current)
+            new_averages.append((state, average))
+            flat = ops.reshape(average, (len(active), -1))
+            squares = squares + ops.sum(flat * flat, axis=1)
+        norms = ops.sqrt(squares)
+        alpha = ops.where(
+            norms > 0, ops.max(norms) / ops.maximum(norms, 1e-30), 0.0
+        )
+        scale = alpha * ops.convert_to_tensor(weights, "float32")
+        for k, (state, average) in zip(balanced, new_averages):
+            update = ops.tensordot(scale, average, axes=1) * context.loss_scale
+            if extra[k] is not None:
+                update = update + _dense(
+                    context.densify(extra[k]), variables[k]
+                )
+            out[k] = update
+            shape = (len(active), *variables[k].shape)
+            state.assign(
+                ops.scatter_update(state, index, ops.reshape(average, shape))
+                if len(active) < self.num_tasks
+                else average
+            )
+        self.step.assign(step)
+        self.alpha.assign(ops.scatter(index, alpha, (self.num_tasks,)))
+        return out
+
+    def extra_logs(self):
+        alpha = np.asarray(self.alpha)
+        return {
+            f"{name}_db_alpha": float(alpha[k])
+            for k, name in enumerate(self.task_names)
+            if self.active[k]
+        }
+
+    def get_state(self):
+        return {v.name: np.asarray(v).tolist() for v in (self.step, self.alpha)}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "beta": self.beta,
+                "beta_sigma": self.beta_sigma,
+                "shared_scope": self.shared_scope,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
 class FAMOWeighting(WeightingStrategy):
     """FAMO: weights that make the tasks' log losses fall at equal rates.
 
@@ -2270,6 +2484,7 @@ _CLASSES = {
     "famo": FAMOWeighting,
     "gls": GLSWeighting,
     "upgrad": UPGradWeighting,
+    "db_mtl": DBMTLWeighting,
 }
 
 
@@ -2280,7 +2495,8 @@ def get(identifier):
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`,
-            `"gls"`, `"upgrad"`; a mapping `{"name": ..., **arguments}` (e.g.
+            `"gls"`, `"upgrad"`, `"db_mtl"`; a mapping
+            `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).
 

@@ -657,6 +657,73 @@ def _is_sparse(grad):
     return isinstance(grad, tf.IndexedSlices)
 
 
+@pytest.mark.parametrize("scope", ["all", "dense"])
+def test_db_mtl_step_balances_log_loss_gradients(scope):
+    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+    x, y, sw = arrays
+    pred = model({k: tf.constant(v) for k, v in x.items()})
+    losses = [
+        float(np.mean((y[t.name] - np.asarray(pred[t.name])[:, 0]) ** 2))
+        for t in tasks
+    ]
+    # Gradients of log L_k; after one step each average is 0.1 of its
+    # gradient (decay 0.9 / 1^0.5 from zeros).
+    log_grads = [
+        [g / loss for g in grads] for grads, loss in zip(per_task, losses)
+    ]
+    paths = [w.path for w in model.trainable_weights]
+    table = paths.index("input_block/embedding_8/embeddings")
+    balanced = [
+        k
+        for k, p in enumerate(paths)
+        if p.startswith("bottom/") or (scope == "all" and k == table)
+    ]
+    norms = np.array(
+        [
+            0.1 * np.sqrt(sum(np.sum(grads[k] ** 2) for k in balanced))
+            for grads in log_grads
+        ]
+    )
+    alpha = norms.max() / norms
+    assert not np.allclose(alpha, 1.0)
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "db_mtl", "shared_scope": scope},
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    sparse = []
+    apply = wrapper._apply_gradients
+
+    def spy(grads, variables):
+        sparse.extend(v.path for g, v in zip(grads, variables) if _is_sparse(g))
+        return apply(grads, variables)
+
+    wrapper._apply_gradients = spy
+    history = _fit(wrapper, arrays, batch_size=200)
+    assert sparse == ([] if scope == "all" else [paths[table]])
+    logged = [history.history[f"t{k}_db_alpha"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, alpha, rtol=1e-4)
+    got = [w.numpy() for w in model.trainable_weights]
+    for k in range(len(paths)):
+        if k in balanced:
+            g = sum(a * 0.1 * grads[k] for a, grads in zip(alpha, log_grads))
+        else:  # heads: their own; the table under "dense": the sum
+            g = log_grads[0][k] + log_grads[1][k]
+        np.testing.assert_allclose(
+            got[k], start[k] - 0.1 * g, rtol=1e-4, atol=1e-6
+        )
+    strategy = wrapper.weighting
+    assert float(strategy.step.numpy()) == 1.0
+    assert len(strategy.averages) == len(balanced)
+    for average, k in zip(strategy.averages, balanced):
+        expected = np.stack([0.1 * grads[k] for grads in log_grads])
+        np.testing.assert_allclose(average.numpy(), expected, rtol=1e-4)
+    # Warm starts carry the step count, not the averages.
+    assert set(strategy.get_state()) == {"step", "alpha"}
+
+
 def test_famo_step_weights_the_losses_and_moves_the_logits(make_problem):
     model, tasks, arrays, start, per_task, shared, flat = (
         _conflicting_shared_bottom(make_problem)

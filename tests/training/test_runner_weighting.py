@@ -26,6 +26,7 @@ from keras_mtl import training
         {"name": "gradvac", "beta": 0.1},
         "gls",
         {"name": "upgrad", "iterations": 5},
+        {"name": "db_mtl", "shared_scope": "dense"},
     ],
     ids=[
         "fixed",
@@ -43,6 +44,7 @@ from keras_mtl import training
         "gradvac",
         "gls",
         "upgrad",
+        "db_mtl",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

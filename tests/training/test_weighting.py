@@ -394,10 +394,17 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.DWAWeighting(temperature=0)
     with pytest.raises(ValueError, match="`seed` must be"):
         training.get_weighting({"name": "rlw", "seed": "one"})
+    with pytest.raises(ValueError, match=r"`beta` must be in \[0, 1\)"):
+        training.get_weighting({"name": "db_mtl", "beta": 1.0})
+    with pytest.raises(ValueError, match="`beta_sigma` must be"):
+        training.get_weighting({"name": "db_mtl", "beta_sigma": -0.5})
+    with pytest.raises(ValueError, match="`shared_scope` must be"):
+        training.get_weighting({"name": "db_mtl", "shared_scope": "tables"})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names = (names + " nash_mtl aligned_mtl famo gradvac gls upgrad").split()
+    names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl"
+    names = names.split()
     assert list(training.STRATEGIES) == names
     for name in names:
         assert training.get_weighting(name).strategy_name == name
@@ -651,6 +658,7 @@ NON_DEFAULT_ARGUMENTS = {
     "gradvac": {"beta": 0.25, "seed": 2, "shared_scope": "dense"},
     "gls": {},
     "upgrad": {"iterations": 10, "shared_scope": "dense"},
+    "db_mtl": {"beta": 0.5, "beta_sigma": 0.25, "shared_scope": "dense"},
 }
 
 
@@ -736,6 +744,7 @@ def _tiny_model():
         {"weighting": "famo"},
         {"weighting": "gradvac"},
         {"weighting": "upgrad"},
+        {"weighting": "db_mtl"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -748,6 +757,7 @@ def _tiny_model():
         "famo",
         "gradvac",
         "upgrad",
+        "db_mtl",
         "lr_multipliers",
     ],
 )
