@@ -127,3 +127,38 @@ def test_warm_start_of_a_plain_runner_model_uses_fixed_weights(tmp_path):
     after = warm.predict(x, verbose=0)
     for name in before:
         np.testing.assert_allclose(after[name], before[name], rtol=1e-6)
+
+
+def test_db_mtl_warm_start_keeps_the_step_count_not_the_averages(tmp_path):
+    day1, day2 = _days(n=400, seed=4)
+    specs = keras_mtl.infer_features(
+        day1, labels=datasets.FUNNEL_LABELS, embed_dim=4
+    )
+    model = models.shared_bottom(specs, TASKS, bottom_units=[8])
+    wrapper = training.compile(
+        model,
+        TASKS,
+        weighting={"name": "db_mtl", "shared_scope": "dense"},
+        metrics={t.name: [] for t in TASKS},
+    )
+    x, y, sw = data.dataframe_to_arrays(day1, specs, TASKS)
+    wrapper.fit(x, y, sample_weight=sw, batch_size=100, epochs=1, verbose=0)
+    assert float(wrapper.weighting.step.numpy()) == 4.0
+    assert any(np.abs(a.numpy()).sum() > 0 for a in wrapper.weighting.averages)
+    wrapper.save(tmp_path / "day1.keras")
+    sidecar = json.loads((tmp_path / "day1.weighting.json").read_text())
+    assert sidecar["weighting"]["name"] == "db_mtl"
+    assert sidecar["weighting"]["shared_scope"] == "dense"
+
+    warm = training.warm_start(
+        tmp_path / "day1.keras", TASKS, metrics={t.name: [] for t in TASKS}
+    )
+    assert isinstance(warm.weighting, training.DBMTLWeighting)
+    assert float(warm.weighting.step.numpy()) == 4.0
+    assert all(np.abs(a.numpy()).sum() == 0 for a in warm.weighting.averages)
+    x, y, sw = data.dataframe_to_arrays(day2, specs, TASKS)
+    history = warm.fit(
+        x, y, sample_weight=sw, batch_size=100, epochs=1, verbose=0
+    )
+    assert np.isfinite(history.history["loss"]).all()
+    assert float(warm.weighting.step.numpy()) == 8.0
