@@ -392,6 +392,17 @@ def pcoc(labels, preds, weights=None):
     return float(np.sum(weights * preds) / observed)
 
 
+def _check_bins(name, bins):
+    if (
+        isinstance(bins, bool)
+        or not isinstance(bins, (int, np.integer))
+        or bins < 1
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= 1. Received: {name}={bins!r}"
+        )
+
+
 def calibration_table(labels, preds, weights=None, bins=10):
     """Reliability table: predictions against outcomes, bin by bin.
 
@@ -424,12 +435,7 @@ def calibration_table(labels, preds, weights=None, bins=10):
     1  2     2.0       0.7       0.9       0.80         1.0   0.8
     """
     labels, preds, weights = _binary_inputs(labels, preds, weights)
-    if (
-        isinstance(bins, bool)
-        or not isinstance(bins, (int, np.integer))
-        or bins < 1
-    ):
-        raise ValueError(f"`bins` must be an integer >= 1. Received: {bins!r}")
+    _check_bins("bins", bins)
     columns = ["n", "weight", "pred_min", "pred_max", "mean_pred"]
     columns += ["mean_label", "pcoc"]
     keep = weights > 0
@@ -715,15 +721,7 @@ def evaluate_report(
                     f"Task '{task.name}' is not an output of the model. "
                     f"Model outputs: {sorted(outputs)}"
                 )
-    if (
-        isinstance(calibration_bins, bool)
-        or not isinstance(calibration_bins, (int, np.integer))
-        or calibration_bins < 1
-    ):
-        raise ValueError(
-            "`calibration_bins` must be an integer >= 1. Received: "
-            f"calibration_bins={calibration_bins!r}"
-        )
+    _check_bins("calibration_bins", calibration_bins)
     x, y, sw, users = _unpack(data, tasks, features, user_column)
 
     try:

@@ -621,14 +621,7 @@ def test_dense_shared_scope_sums_embedding_gradients_sparsely():
         optimizer="sgd",
         learning_rate=0.1,
     )
-    sparse = []
-    apply = wrapper._apply_gradients
-
-    def spy(grads, variables):
-        sparse.extend(v.path for g, v in zip(grads, variables) if _is_sparse(g))
-        return apply(grads, variables)
-
-    wrapper._apply_gradients = spy
+    sparse = _record_sparse_updates(wrapper)
     history = _fit(wrapper, arrays, batch_size=200)
     assert sparse == ["input_block/embedding_8/embeddings"]
     np.testing.assert_allclose(history.history["t0_mgda_alpha"], [a0], 1e-4)
@@ -655,6 +648,20 @@ def test_dense_shared_scope_sums_embedding_gradients_sparsely():
 
 def _is_sparse(grad):
     return isinstance(grad, tf.IndexedSlices)
+
+
+def _record_sparse_updates(wrapper):
+    """Makes `wrapper` record the paths of the variables it updates with a
+    sparse gradient; returns that (growing) list."""
+    sparse = []
+    apply = wrapper._apply_gradients
+
+    def spy(grads, variables):
+        sparse.extend(v.path for g, v in zip(grads, variables) if _is_sparse(g))
+        return apply(grads, variables)
+
+    wrapper._apply_gradients = spy
+    return sparse
 
 
 @pytest.mark.parametrize("scope", ["all", "dense"])
@@ -693,14 +700,7 @@ def test_db_mtl_step_balances_log_loss_gradients(scope):
         optimizer="sgd",
         learning_rate=0.1,
     )
-    sparse = []
-    apply = wrapper._apply_gradients
-
-    def spy(grads, variables):
-        sparse.extend(v.path for g, v in zip(grads, variables) if _is_sparse(g))
-        return apply(grads, variables)
-
-    wrapper._apply_gradients = spy
+    sparse = _record_sparse_updates(wrapper)
     history = _fit(wrapper, arrays, batch_size=200)
     assert sparse == ([] if scope == "all" else [paths[table]])
     logged = [history.history[f"t{k}_db_alpha"][0] for k in (0, 1)]
