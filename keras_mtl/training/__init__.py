@@ -6,7 +6,8 @@
   `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
   `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
   `AlignedMTLWeighting`, `FAMOWeighting`, `GLSWeighting`,
-  `UPGradWeighting`, `DBMTLWeighting`; per-task learning-rate
+  `UPGradWeighting`, `DBMTLWeighting`, `MoCoWeighting`; per-task
+  learning-rate
   multipliers; inverse propensity weighting of a task's loss by another
   task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
   weights logged every epoch (`TaskWeightLogger`).
@@ -45,6 +46,7 @@ from keras_mtl.training.weighting import GradNormWeighting
 from keras_mtl.training.weighting import GradVacWeighting
 from keras_mtl.training.weighting import IMTLWeighting
 from keras_mtl.training.weighting import MGDAWeighting
+from keras_mtl.training.weighting import MoCoWeighting
 from keras_mtl.training.weighting import NashMTLWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
@@ -82,6 +84,7 @@ __all__ = [
     "GradVacWeighting",
     "IMTLWeighting",
     "MGDAWeighting",
+    "MoCoWeighting",
     "MultiTaskEarlyStopping",
     "MultiTaskModel",
     "NashMTLWeighting",

@@ -47,6 +47,9 @@ it) into the objective the optimizer descends:
 - `DBMTLWeighting`: dual balancing, log losses (scale-free) and averaged
   task gradients on shared variables scaled to a common norm (Lin et al.,
   2023).
+- `MoCoWeighting`: MGDA's common descent direction from tracked (moving
+  average) task gradients instead of noisy batch ones (Fernando et al.,
+  2023).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
@@ -56,7 +59,7 @@ The pure functions `uncertainty_loss`, `gls_loss`, `dwa_weights`,
 `upgrad_weights`, `famo_objective`, `famo_logits_gradient` and
 `gradnorm_gradient` implement the published formulas with `keras.ops` and
 run on every backend; GradNorm, PCGrad, GradVac, MGDA, CAGrad, IMTL,
-Nash-MTL, Aligned-MTL, UPGrad and DB-MTL additionally need per-task
+Nash-MTL, Aligned-MTL, UPGrad, DB-MTL and MoCo additionally need per-task
 gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
@@ -85,6 +88,7 @@ STRATEGIES = (
     "gls",
     "upgrad",
     "db_mtl",
+    "moco",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -98,6 +102,7 @@ TASK_GRADIENT_STRATEGIES = (
     "gradvac",
     "upgrad",
     "db_mtl",
+    "moco",
 )
 _EPSILON = 1e-12
 
@@ -113,6 +118,15 @@ def _check_positive(name, value, allow_zero=False):
         kind = "a finite number >= 0" if allow_zero else "a positive number"
         raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
     return float(value)
+
+
+def _check_fraction(name, value):
+    value = _check_positive(name, value, allow_zero=True)
+    if value >= 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1). Received: {name}={value!r}"
+        )
+    return value
 
 
 def _check_iterations(iterations):
@@ -2159,63 +2173,23 @@ class UPGradWeighting(_SolvedWeighting):
         return config
 
 
-@keras.saving.register_keras_serializable(package="keras_mtl")
-class DBMTLWeighting(WeightingStrategy):
-    """DB-MTL: dual balancing, of the loss scales and of the gradient norms.
+class _TrackedGradientWeighting(WeightingStrategy):
+    """A strategy that keeps, per task, a moving average of its gradient on
+    the shared variables it balances, and moves those variables along a
+    combination of the averages (DB-MTL, MoCo).
 
-    Loss scales: every task descends `log L_k` instead of `L_k`, whose
-    gradient `grad L_k / L_k` does not depend on the loss's scale (units,
-    label range, base rate). Gradient magnitudes: on the *shared* variables
-    each task keeps an exponential moving average `m_k` of its log-loss
-    gradient (`m_k <- g_k + beta / t^beta_sigma (m_k - g_k)` at step `t`,
-    so the average fades into the current gradient as training goes on),
-    and the update is `sum_k b_k (max_j |m_j| / |m_k|) m_k`: every task's
-    averaged gradient is scaled to the largest norm among them, then
-    weighted by its fixed weight `b_k`. Task-specific variables (towers,
-    heads) get `sum_k b_k grad log L_k`, and auxiliary losses are added
-    unchanged. The scale factors of the last step are logged per epoch as
-    `<task>_db_alpha`; the logged training loss is the fixed-weights sum.
-    Needs the TensorFlow backend (one backward pass per task).
-
-    The averages take one copy of every balanced variable per task (with
-    `shared_scope="all"`, embedding tables included, as in the paper and
-    LibMTL). `shared_scope="dense"` leaves the embedding tables
-    (`keras.layers.Embedding` weights) out of the balancing: they get
-    `sum_k b_k grad log L_k`, kept sparse, and no copy; what a large ID
-    vocabulary needs. The averages are not part of `get_state` (they fade
-    within a few hundred steps); the step count is.
-
-    Args:
-        beta: float in [0, 1). The averages' decay at step 1. Defaults to
-            `0.9` (the paper's).
-        beta_sigma: float >= 0. How fast the decay falls with the step.
-            Defaults to `0.5` (the paper's).
-        shared_scope: `"all"` or `"dense"`. Defaults to `"all"`.
-        **kwargs: standard `keras.layers.Layer` arguments.
-
-    Example:
-
-    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="db_mtl")
-
-    References:
-        Lin et al., "Dual-Balancing for Multi-Task Learning", 2023.
-        https://arxiv.org/abs/2308.12029
+    Subclasses implement `task_factor` (the factor on each task's gradient,
+    e.g. `1 / L_k` for the gradient of `log L_k`), `prepare` (optional),
+    `track` (the average's update) and `combine_averages` (the weights of
+    the averages in the update). The averages are not part of `get_state`;
+    the step count is.
     """
 
-    strategy_name = "db_mtl"
     needs_task_gradients = True
+    log_name = None
 
-    def __init__(self, beta=0.9, beta_sigma=0.5, shared_scope="all", **kwargs):
+    def __init__(self, shared_scope="all", **kwargs):
         super().__init__(**kwargs)
-        beta = _check_positive("beta", beta, allow_zero=True)
-        if beta >= 1.0:
-            raise ValueError(
-                f"`beta` must be in [0, 1). Received: beta={beta!r}"
-            )
-        self.beta = beta
-        self.beta_sigma = _check_positive(
-            "beta_sigma", beta_sigma, allow_zero=True
-        )
         if shared_scope not in SHARED_SCOPES:
             raise ValueError(
                 f"`shared_scope` must be one of {SHARED_SCOPES}. "
@@ -2252,17 +2226,36 @@ class DBMTLWeighting(WeightingStrategy):
             for k, v in enumerate(balanced)
         ]
 
+    def task_factor(self, loss):  # pragma: no cover - interface
+        """The factor on a task's gradient, from its loss (a scalar)."""
+        raise NotImplementedError
+
+    def prepare(self, current, losses, weights):
+        """The tracked gradients from the current ones (default: as is)."""
+        return current
+
+    def track(self, previous, current, step):  # pragma: no cover
+        """The new average of one variable, `(num_active, ...)`."""
+        raise NotImplementedError
+
+    def combine_averages(self, gram, weights, step):  # pragma: no cover
+        """The weights `(num_active,)` of the averages in the update, from
+        their Gram matrix and the active tasks' fixed weights."""
+        raise NotImplementedError
+
     def task_gradients(self, context):
         variables = context.variables
         active = [i for i, a in enumerate(self.active) if a > 0]
         weights = [self.base_weights[i] for i in active]
         keep_sparse = self.shared_scope == "dense"
-        # Gradients of log L_k, in the loss-scaled units the optimizer
-        # expects: grad(s L_k) / L_k.
         per_task = []
+        losses = []
         for i in active:
-            loss = ops.cast(context.task_losses[i], "float32")
-            factor = 1.0 / (ops.stop_gradient(loss) + 1e-8)
+            loss = ops.stop_gradient(
+                ops.cast(context.task_losses[i], "float32")
+            )
+            losses.append(loss)
+            factor = self.task_factor(loss)
             grads = context.gradient(
                 context.scaled_losses[i], dense=not keep_sparse
             )
@@ -2293,39 +2286,47 @@ class DBMTLWeighting(WeightingStrategy):
         if not balanced or not active:
             return out
         step = self.step + 1.0
-        decay = self.beta / ops.power(step, self.beta_sigma)
+        # The averages are kept in the units of the losses, not of the loss
+        # scale (mixed precision).
         unscale = 1.0 / context.loss_scale
-        index = ops.convert_to_tensor([[i] for i in active], "int32")
-        new_averages = []
-        squares = ops.zeros((len(active),), "float32")
-        for k in balanced:
-            state = self.averages[self._balanced[id(variables[k])]]
-            current = ops.stack(
+        current = [
+            ops.stack(
                 [
                     _dense(context.densify(g[k]), variables[k]) * unscale
                     for g in per_task
                 ]
             )
-            previous = ops.take(state, ops.convert_to_tensor(active), axis=0)
-            average = current + decay * (previous - current)
-            new_averages.append((state, average))
+            for k in balanced
+        ]
+        current = self.prepare(current, ops.stack(losses), weights)
+        index = ops.convert_to_tensor([[i] for i in active], "int32")
+        states = [
+            self.averages[self._balanced[id(variables[k])]] for k in balanced
+        ]
+        averages = [
+            self.track(
+                ops.take(state, ops.convert_to_tensor(active), axis=0),
+                now,
+                step,
+            )
+            for state, now in zip(states, current)
+        ]
+        gram = 0.0
+        for average in averages:
             flat = ops.reshape(average, (len(active), -1))
-            squares = squares + ops.sum(flat * flat, axis=1)
-        norms = ops.sqrt(squares)
-        alpha = ops.where(
-            norms > 0, ops.max(norms) / ops.maximum(norms, 1e-30), 0.0
+            gram = gram + ops.matmul(flat, ops.transpose(flat))
+        alpha = self.combine_averages(
+            gram, ops.convert_to_tensor(weights, "float32"), step
         )
-        scale = alpha * ops.convert_to_tensor(weights, "float32")
-        for k, (state, average) in zip(balanced, new_averages):
-            update = ops.tensordot(scale, average, axes=1) * context.loss_scale
+        for k, state, average in zip(balanced, states, averages):
+            update = ops.tensordot(alpha, average, axes=1) * context.loss_scale
             if extra[k] is not None:
                 update = update + _dense(
                     context.densify(extra[k]), variables[k]
                 )
             out[k] = update
-            shape = (len(active), *variables[k].shape)
             state.assign(
-                ops.scatter_update(state, index, ops.reshape(average, shape))
+                ops.scatter_update(state, index, average)
                 if len(active) < self.num_tasks
                 else average
             )
@@ -2336,13 +2337,222 @@ class DBMTLWeighting(WeightingStrategy):
     def extra_logs(self):
         alpha = np.asarray(self.alpha)
         return {
-            f"{name}_db_alpha": float(alpha[k])
+            f"{name}_{self.log_name}": float(alpha[k])
             for k, name in enumerate(self.task_names)
             if self.active[k]
         }
 
     def get_state(self):
-        return {v.name: np.asarray(v).tolist() for v in (self.step, self.alpha)}
+        averages = {id(v) for v in self.averages}
+        kept = [v for v in self.variables if id(v) not in averages]
+        return {v.name: np.asarray(v).tolist() for v in kept}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"shared_scope": self.shared_scope})
+        return config
+
+
+def _decay(rate, power, step):
+    """`rate / step^power`, the schedule of DB-MTL's and MoCo's averages."""
+    return rate / ops.power(step, power)
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class DBMTLWeighting(_TrackedGradientWeighting):
+    """DB-MTL: dual balancing, of the loss scales and of the gradient norms.
+
+    Loss scales: every task descends `log L_k` instead of `L_k`, whose
+    gradient `grad L_k / L_k` does not depend on the loss's scale (units,
+    label range, base rate). Gradient magnitudes: on the *shared* variables
+    each task keeps an exponential moving average `m_k` of its log-loss
+    gradient (`m_k <- g_k + beta / t^beta_sigma (m_k - g_k)` at step `t`,
+    so the average fades into the current gradient as training goes on),
+    and the update is `sum_k b_k (max_j |m_j| / |m_k|) m_k`: every task's
+    averaged gradient is scaled to the largest norm among them, then
+    weighted by its fixed weight `b_k`. Task-specific variables (towers,
+    heads) get `sum_k b_k grad log L_k`, and auxiliary losses are added
+    unchanged. The weights of the averages in the last step's update,
+    `b_k max_j |m_j| / |m_k|`, are logged per epoch as `<task>_db_alpha`;
+    the logged training loss is the fixed-weights sum.
+    Needs the TensorFlow backend (one backward pass per task).
+
+    The averages take one copy of every balanced variable per task (with
+    `shared_scope="all"`, embedding tables included, as in the paper and
+    LibMTL). `shared_scope="dense"` leaves the embedding tables
+    (`keras.layers.Embedding` weights) out of the balancing: they get
+    `sum_k b_k grad log L_k`, kept sparse, and no copy; what a large ID
+    vocabulary needs. The averages are not part of `get_state` (they fade
+    within a few hundred steps); the step count is.
+
+    Args:
+        beta: float in [0, 1). The averages' decay at step 1. Defaults to
+            `0.9` (the paper's).
+        beta_sigma: float >= 0. How fast the decay falls with the step.
+            Defaults to `0.5` (the paper's).
+        shared_scope: `"all"` or `"dense"`. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="db_mtl")
+
+    References:
+        Lin et al., "Dual-Balancing for Multi-Task Learning", 2023.
+        https://arxiv.org/abs/2308.12029
+    """
+
+    strategy_name = "db_mtl"
+    log_name = "db_alpha"
+
+    def __init__(self, beta=0.9, beta_sigma=0.5, shared_scope="all", **kwargs):
+        super().__init__(shared_scope=shared_scope, **kwargs)
+        self.beta = _check_fraction("beta", beta)
+        self.beta_sigma = _check_positive(
+            "beta_sigma", beta_sigma, allow_zero=True
+        )
+
+    def task_factor(self, loss):
+        # grad(s L_k) / L_k: the gradient of log L_k, in loss-scale units.
+        return 1.0 / (loss + 1e-8)
+
+    def track(self, previous, current, step):
+        decay = _decay(self.beta, self.beta_sigma, step)
+        return current + decay * (previous - current)
+
+    def combine_averages(self, gram, weights, step):
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
+        scale = ops.where(
+            norms > 0, ops.max(norms) / ops.maximum(norms, 1e-30), 0.0
+        )
+        return scale * weights
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta": self.beta, "beta_sigma": self.beta_sigma})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class MoCoWeighting(_TrackedGradientWeighting):
+    """MoCo: a common descent direction from tracked task gradients.
+
+    MGDA's min-norm combination is biased when it is computed from noisy
+    mini-batch gradients. MoCo tracks each task's gradient on the *shared*
+    variables with a moving average `y_k <- y_k - beta_t (y_k - g_k)`,
+    where `g_k` is the task's gradient rescaled to the norm of its weighted
+    loss (`b_k L_k g / |g|`, LibMTL's normalization), and moves weights
+    `lambda` on the simplex along the min-norm objective:
+    `lambda <- softmax(lambda - gamma_t (Y Y^T + rho I) lambda)`; the shared
+    update is `sum_k lambda_k y_k`. `beta_t = beta / t^beta_sigma` and
+    `gamma_t = gamma / t^gamma_sigma` at step `t`. Task-specific variables
+    (towers, heads) get their own task's weighted gradient, and auxiliary
+    losses are added unchanged. `lambda` of the last step is logged per
+    epoch as `<task>_moco_lambda`. Needs the TensorFlow backend (one
+    backward pass per task).
+
+    The averages take one copy of every balanced variable per task;
+    `shared_scope="dense"` leaves the embedding tables out of them (they get
+    the weighted sum of the task gradients, kept sparse), as in
+    `DBMTLWeighting`. `lambda` and the step count are part of `get_state`,
+    the averages are not.
+
+    Args:
+        beta: float in (0, 1]. The averages' step at step 1. Defaults to
+            `0.5` (LibMTL's).
+        beta_sigma: float >= 0. Defaults to `0.5`.
+        gamma: float > 0. The step of `lambda` at step 1. Defaults to `0.1`.
+        gamma_sigma: float >= 0. Defaults to `0.5`.
+        rho: float >= 0. Ridge on the averages' Gram matrix. Defaults to
+            `0.0`.
+        shared_scope: `"all"` or `"dense"`. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(model, tasks, weighting="moco")
+
+    References:
+        Fernando et al., "Mitigating Gradient Bias in Multi-objective
+        Learning: A Provably Convergent Approach", ICLR 2023.
+        https://openreview.net/forum?id=dLAYGdKTi2
+    """
+
+    strategy_name = "moco"
+    log_name = "moco_lambda"
+
+    def __init__(
+        self,
+        beta=0.5,
+        beta_sigma=0.5,
+        gamma=0.1,
+        gamma_sigma=0.5,
+        rho=0.0,
+        shared_scope="all",
+        **kwargs,
+    ):
+        super().__init__(shared_scope=shared_scope, **kwargs)
+        self.beta = _check_positive("beta", beta)
+        if self.beta > 1.0:
+            raise ValueError(
+                f"`beta` must be in (0, 1]. Received: beta={beta!r}"
+            )
+        self.beta_sigma = _check_positive(
+            "beta_sigma", beta_sigma, allow_zero=True
+        )
+        self.gamma = _check_positive("gamma", gamma)
+        self.gamma_sigma = _check_positive(
+            "gamma_sigma", gamma_sigma, allow_zero=True
+        )
+        self.rho = _check_positive("rho", rho, allow_zero=True)
+
+    def create_state(self, num_tasks):
+        super().create_state(num_tasks)
+        self.lambdas = self.add_weight(
+            name="lambdas",
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def task_factor(self, loss):
+        return 1.0
+
+    def prepare(self, current, losses, weights):
+        squares = 0.0
+        for grads in current:
+            flat = ops.reshape(grads, (len(weights), -1))
+            squares = squares + ops.sum(flat * flat, axis=1)
+        norms = ops.sqrt(squares)
+        # The weighted gradients w_k g_k, rescaled to the weighted loss.
+        size = ops.convert_to_tensor(weights, "float32") * losses
+        scale = size / (norms + 1e-8)
+        return [
+            grads * ops.reshape(scale, (-1,) + (1,) * (len(grads.shape) - 1))
+            for grads in current
+        ]
+
+    def track(self, previous, current, step):
+        return previous - _decay(self.beta, self.beta_sigma, step) * (
+            previous - current
+        )
+
+    def combine_averages(self, gram, weights, step):
+        active = [i for i, a in enumerate(self.active) if a > 0]
+        stored = ops.take(self.lambdas, ops.convert_to_tensor(active), axis=0)
+        # Uniform weights at the first step (the stored zeros).
+        lambdas = ops.where(
+            step > 1.0, stored, ops.full_like(stored, 1.0 / len(active))
+        )
+        eye = ops.eye(len(active), dtype="float32")
+        lambdas = ops.softmax(
+            lambdas
+            - _decay(self.gamma, self.gamma_sigma, step)
+            * ops.matmul(gram + self.rho * eye, lambdas)
+        )
+        index = ops.convert_to_tensor([[i] for i in active], "int32")
+        self.lambdas.assign(ops.scatter(index, lambdas, (self.num_tasks,)))
+        return lambdas
 
     def get_config(self):
         config = super().get_config()
@@ -2350,7 +2560,9 @@ class DBMTLWeighting(WeightingStrategy):
             {
                 "beta": self.beta,
                 "beta_sigma": self.beta_sigma,
-                "shared_scope": self.shared_scope,
+                "gamma": self.gamma,
+                "gamma_sigma": self.gamma_sigma,
+                "rho": self.rho,
             }
         )
         return config
@@ -2485,6 +2697,7 @@ _CLASSES = {
     "gls": GLSWeighting,
     "upgrad": UPGradWeighting,
     "db_mtl": DBMTLWeighting,
+    "moco": MoCoWeighting,
 }
 
 
@@ -2495,7 +2708,7 @@ def get(identifier):
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`,
-            `"gls"`, `"upgrad"`, `"db_mtl"`; a mapping
+            `"gls"`, `"upgrad"`, `"db_mtl"`, `"moco"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

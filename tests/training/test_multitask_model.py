@@ -664,15 +664,22 @@ def _record_sparse_updates(wrapper):
     return sparse
 
 
-@pytest.mark.parametrize("scope", ["all", "dense"])
-def test_db_mtl_step_balances_log_loss_gradients(scope):
-    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+def _mse_losses(model, tasks, arrays):
+    """Each regression task's MSE over all rows (their sample weights are
+    all 1 here), by hand."""
     x, y, sw = arrays
+    assert all(np.all(sw[t.name] == 1) for t in tasks)
     pred = model({k: tf.constant(v) for k, v in x.items()})
-    losses = [
+    return [
         float(np.mean((y[t.name] - np.asarray(pred[t.name])[:, 0]) ** 2))
         for t in tasks
     ]
+
+
+@pytest.mark.parametrize("scope", ["all", "dense"])
+def test_db_mtl_step_balances_log_loss_gradients(scope):
+    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+    losses = _mse_losses(model, tasks, arrays)
     # Gradients of log L_k; after one step each average is 0.1 of its
     # gradient (decay 0.9 / 1^0.5 from zeros).
     log_grads = [
@@ -722,6 +729,64 @@ def test_db_mtl_step_balances_log_loss_gradients(scope):
         np.testing.assert_allclose(average.numpy(), expected, rtol=1e-4)
     # Warm starts carry the step count, not the averages.
     assert set(strategy.get_state()) == {"step", "alpha"}
+
+
+@pytest.mark.parametrize("scope", ["all", "dense"])
+def test_moco_step_tracks_rescaled_gradients_and_moves_lambda(scope):
+    arrays, model, tasks, start, per_task = _conflicting_embedding_model()
+    losses = _mse_losses(model, tasks, arrays)
+    paths = [w.path for w in model.trainable_weights]
+    table = paths.index("input_block/embedding_8/embeddings")
+    balanced = [
+        k
+        for k, p in enumerate(paths)
+        if p.startswith("bottom/") or (scope == "all" and k == table)
+    ]
+    # Each task's gradient on the balanced variables, rescaled to its loss;
+    # the first step's averages are half of them (0 - 0.5 (0 - g)).
+    flat = [
+        np.concatenate([grads[k].ravel() for k in balanced]).astype("float64")
+        for grads in per_task
+    ]
+    scales = [
+        loss / (np.linalg.norm(f) + 1e-8) for loss, f in zip(losses, flat)
+    ]
+    tracked = np.stack([0.5 * s * f for s, f in zip(scales, flat)])
+    logits = 0.5 - 0.1 * (tracked @ tracked.T) @ np.array([0.5, 0.5])
+    lambdas = np.exp(logits) / np.exp(logits).sum()
+    assert abs(lambdas[0] - lambdas[1]) > 1e-3
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "moco", "shared_scope": scope},
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    sparse = _record_sparse_updates(wrapper)
+    history = _fit(wrapper, arrays, batch_size=200)
+    assert sparse == ([] if scope == "all" else [paths[table]])
+    logged = [history.history[f"t{k}_moco_lambda"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, lambdas, rtol=1e-4)
+    got = [w.numpy() for w in model.trainable_weights]
+    direction = lambdas @ tracked
+    offset = 0
+    for k in range(len(paths)):
+        if k in balanced:
+            size = start[k].size
+            g = direction[offset : offset + size].reshape(start[k].shape)
+            offset += size
+        else:  # heads: their own; the table under "dense": the sum
+            g = per_task[0][k] + per_task[1][k]
+        np.testing.assert_allclose(
+            got[k], start[k] - 0.1 * g, rtol=1e-4, atol=1e-6
+        )
+    strategy = wrapper.weighting
+    assert set(strategy.get_state()) == {"step", "alpha", "lambdas"}
+    np.testing.assert_allclose(strategy.lambdas.numpy(), lambdas, rtol=1e-4)
+    # Later steps start from the stored lambda and keep it on the simplex.
+    _fit(wrapper, arrays, batch_size=100)
+    assert float(strategy.step.numpy()) == 3.0
+    np.testing.assert_allclose(strategy.lambdas.numpy().sum(), 1.0, rtol=1e-6)
 
 
 def test_famo_step_weights_the_losses_and_moves_the_logits(make_problem):

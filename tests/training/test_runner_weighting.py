@@ -27,6 +27,7 @@ from keras_mtl import training
         "gls",
         {"name": "upgrad", "iterations": 5},
         {"name": "db_mtl", "shared_scope": "dense"},
+        {"name": "moco", "gamma": 0.05},
     ],
     ids=[
         "fixed",
@@ -45,6 +46,7 @@ from keras_mtl import training
         "gls",
         "upgrad",
         "db_mtl",
+        "moco",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

@@ -400,10 +400,17 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.get_weighting({"name": "db_mtl", "beta_sigma": -0.5})
     with pytest.raises(ValueError, match="`shared_scope` must be"):
         training.get_weighting({"name": "db_mtl", "shared_scope": "tables"})
+    with pytest.raises(ValueError, match=r"`beta` must be in \(0, 1\]"):
+        training.get_weighting({"name": "moco", "beta": 1.5})
+    for key in ("beta", "gamma"):
+        with pytest.raises(ValueError, match=f"`{key}` must be a positive"):
+            training.get_weighting({"name": "moco", key: 0.0})
+    with pytest.raises(ValueError, match="`rho` must be"):
+        training.get_weighting({"name": "moco", "rho": -1.0})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl"
+    names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl moco"
     names = names.split()
     assert list(training.STRATEGIES) == names
     for name in names:
@@ -659,6 +666,14 @@ NON_DEFAULT_ARGUMENTS = {
     "gls": {},
     "upgrad": {"iterations": 10, "shared_scope": "dense"},
     "db_mtl": {"beta": 0.5, "beta_sigma": 0.25, "shared_scope": "dense"},
+    "moco": {
+        "beta": 0.25,
+        "beta_sigma": 0.0,
+        "gamma": 0.2,
+        "gamma_sigma": 1.0,
+        "rho": 0.1,
+        "shared_scope": "dense",
+    },
 }
 
 
@@ -745,6 +760,7 @@ def _tiny_model():
         {"weighting": "gradvac"},
         {"weighting": "upgrad"},
         {"weighting": "db_mtl"},
+        {"weighting": "moco"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -758,6 +774,7 @@ def _tiny_model():
         "gradvac",
         "upgrad",
         "db_mtl",
+        "moco",
         "lr_multipliers",
     ],
 )
