@@ -765,7 +765,9 @@ def upgrad_weights(grads, preferences=None, iterations=20):
     tasks, the projections are PCGrad's.
 
     The `K` small quadratic programs are solved together on the Gram
-    matrix, scaled to a unit mean diagonal, in float64, with a ridge of
+    matrix, scaled to a unit mean diagonal, in float64 (float32 on JAX
+    without `jax_enable_x64`, where exactly parallel gradients can leave a
+    system singular), with a ridge of
     1e-10 that keeps them finite where gradients are parallel: by a
     primal-dual active-set method (`iterations` steps, each `K` linear
     systems of size `K`; from the start "every bound active" it ends where
