@@ -6,8 +6,8 @@
   `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
   `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
   `AlignedMTLWeighting`, `FAMOWeighting`, `GLSWeighting`,
-  `UPGradWeighting`, `DBMTLWeighting`, `MoCoWeighting`; per-task
-  learning-rate
+  `UPGradWeighting`, `DBMTLWeighting`, `MoCoWeighting`, `STCHWeighting`;
+  per-task learning-rate
   multipliers; inverse propensity weighting of a task's loss by another
   task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
   weights logged every epoch (`TaskWeightLogger`).
@@ -50,6 +50,7 @@ from keras_mtl.training.weighting import MoCoWeighting
 from keras_mtl.training.weighting import NashMTLWeighting
 from keras_mtl.training.weighting import PCGradWeighting
 from keras_mtl.training.weighting import RLWWeighting
+from keras_mtl.training.weighting import STCHWeighting
 from keras_mtl.training.weighting import UncertaintyWeighting
 from keras_mtl.training.weighting import UPGradWeighting
 from keras_mtl.training.weighting import WeightingStrategy
@@ -66,6 +67,7 @@ from keras_mtl.training.weighting import imtl_weights
 from keras_mtl.training.weighting import mgda_weights
 from keras_mtl.training.weighting import nash_mtl_weights
 from keras_mtl.training.weighting import pcgrad_project
+from keras_mtl.training.weighting import stch_loss
 from keras_mtl.training.weighting import uncertainty_loss
 from keras_mtl.training.weighting import upgrad_weights
 
@@ -90,6 +92,7 @@ __all__ = [
     "NashMTLWeighting",
     "PCGradWeighting",
     "RLWWeighting",
+    "STCHWeighting",
     "TaskWeightLogger",
     "UncertaintyWeighting",
     "UPGradWeighting",
@@ -116,6 +119,7 @@ __all__ = [
     "nash_mtl_weights",
     "pcgrad_project",
     "save_model",
+    "stch_loss",
     "uncertainty_loss",
     "upgrad_weights",
     "warm_start",

@@ -213,8 +213,8 @@ class MultiTaskModel(keras.Model):
     after the update
     (`"famo"`) and `lr_multipliers` use a custom `train_step` implemented
     for the TensorFlow backend; other backends get a `NotImplementedError`
-    naming the backend. `"fixed"`, `"uncertainty"`, `"dwa"`, `"rlw"` and
-    `"gls"` run on every backend.
+    naming the backend. `"fixed"`, `"uncertainty"`, `"dwa"`, `"rlw"`,
+    `"gls"` and `"stch"` run on every backend.
 
     The serving model is `wrapper.model`, a plain functional model: saving
     (`wrapper.save(path)`) writes it, so loading and predicting never need
@@ -347,7 +347,7 @@ class MultiTaskModel(keras.Model):
                 "implemented for the TensorFlow backend only. The current "
                 f"backend is '{keras.backend.backend()}'. Set "
                 "KERAS_BACKEND=tensorflow, or use weighting='fixed', "
-                "'uncertainty', 'dwa', 'rlw' or 'gls' without "
+                "'uncertainty', 'dwa', 'rlw', 'gls' or 'stch' without "
                 "`lr_multipliers`."
             )
         self.task_loss_trackers = [
@@ -651,7 +651,7 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, `"gls"`,
-            `"upgrad"`, `"db_mtl"`, `"moco"`, a mapping
+            `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`, a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

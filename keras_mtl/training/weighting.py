@@ -50,10 +50,13 @@ it) into the objective the optimizer descends:
 - `MoCoWeighting`: MGDA's common descent direction from tracked (moving
   average) task gradients instead of noisy batch ones (Fernando et al.,
   2023).
+- `STCHWeighting`: smooth Tchebycheff scalarization, a smooth maximum of
+  the losses relative to a nadir point measured after a warmup (Lin et
+  al., 2024).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
-The pure functions `uncertainty_loss`, `gls_loss`, `dwa_weights`,
+The pure functions `uncertainty_loss`, `gls_loss`, `stch_loss`, `dwa_weights`,
 `pcgrad_project`, `gradvac_project`, `mgda_weights`, `cagrad_direction`,
 `imtl_weights`, `nash_mtl_weights`, `aligned_mtl_weights`,
 `upgrad_weights`, `famo_objective`, `famo_logits_gradient` and
@@ -89,6 +92,7 @@ STRATEGIES = (
     "upgrad",
     "db_mtl",
     "moco",
+    "stch",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -220,6 +224,51 @@ def gls_loss(task_losses, weights=None):
     logs = ops.where(used, ops.log(ops.where(used, task_losses, 1.0)), 0.0)
     mean_log = ops.sum(exponents * logs) / ops.maximum(total, _EPSILON)
     return ops.where(total > 0, ops.exp(mean_log), 0.0)
+
+
+def stch_loss(task_losses, nadir, mu=1.0, weights=None):
+    """Smooth Tchebycheff scalarization of the normalized log losses.
+
+    With `x_k = log(w_k L_k / z_k)` (`z` the nadir point, e.g. the tasks'
+    average losses early in training), the objective is
+    `K mu log sum_k exp(x_k / mu)` over the `K` tasks whose weight and loss
+    are positive: a smooth maximum, so the gradient goes mostly to the
+    task furthest above its nadir, `K softmax(x / mu)_k grad L_k / L_k`.
+    As `mu` goes to 0 it becomes the (weighted) Tchebycheff maximum; large
+    `mu` spreads the weight evenly. A task with loss 0 (no labelled rows of
+    it in the batch) or weight 0 is left out; with no task left the
+    objective is 0.
+
+    Args:
+        task_losses: tensor `(num_tasks,)` of non-negative per-task losses.
+        nadir: `(num_tasks,)` positive reference losses.
+        mu: float > 0. Smoothing. Defaults to `1.0`.
+        weights: `(num_tasks,)` non-negative preferences, or None (all 1).
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+
+    >>> keras_mtl.training.stch_loss([0.5, 2.0], nadir=[1.0, 1.0])
+    1.8326
+
+    References:
+        Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
+        Optimization", ICML 2024. https://arxiv.org/abs/2402.19078
+    """
+    mu = _check_positive("mu", mu)
+    task_losses = ops.convert_to_tensor(task_losses)
+    nadir = ops.cast(ops.convert_to_tensor(nadir), task_losses.dtype)
+    if weights is None:
+        weights = ops.ones_like(task_losses)
+    weights = ops.cast(ops.convert_to_tensor(weights), task_losses.dtype)
+    used = ops.logical_and(task_losses > 0, weights > 0)
+    count = ops.sum(ops.cast(used, task_losses.dtype))
+    ratio = ops.where(used, weights * task_losses / nadir, 1.0)
+    logits = ops.where(used, ops.log(ratio) / mu, -np.inf)
+    value = count * mu * ops.logsumexp(logits)
+    return ops.where(count > 0, value, 0.0)
 
 
 def dwa_weights(loss_history, temperature=2.0):
@@ -1339,6 +1388,115 @@ class GLSWeighting(WeightingStrategy):
 
     def combine(self, task_losses, training=False):
         return gls_loss(task_losses, self.current_weights())
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class STCHWeighting(WeightingStrategy):
+    """Smooth Tchebycheff scalarization (STCH) of the tasks' losses.
+
+    For its first `warmup_epochs` epochs the objective is `sum_k b_k log
+    L_k` (every task's loss relative to itself; `b_k` the fixed weights);
+    the last of them also records each task's average batch loss, the
+    nadir point `z_k`. From then on the objective is `stch_loss`:
+    `K mu log sum_k exp(log(b_k L_k / z_k) / mu)`, a smooth maximum of the
+    tasks' losses relative to where they stood, which sends most of the
+    gradient to the task that is furthest behind. No per-task gradients:
+    runs on every backend. The nadir point is logged per epoch as
+    `<task>_stch_nadir` (1 until it is recorded, at the end of the last
+    warmup epoch), and kept by `get_state` with the epoch count, so a warm
+    start continues with it.
+
+    Args:
+        mu: float > 0. Smoothing (LibMTL's default 1.0); smaller is closer
+            to the plain maximum. Defaults to `1.0`.
+        warmup_epochs: int >= 1. Epochs of summed log losses; the last one
+            measures the nadir point. Defaults to `1`: ranking models train
+            for a few epochs (or one pass over a day), where LibMTL's 4 would
+            use up the run before the scalarization starts.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting={"name": "stch", "mu": 0.5})
+
+    References:
+        Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
+        Optimization", ICML 2024. https://arxiv.org/abs/2402.19078
+    """
+
+    strategy_name = "stch"
+
+    def __init__(self, mu=1.0, warmup_epochs=1, **kwargs):
+        super().__init__(**kwargs)
+        self.mu = _check_positive("mu", mu)
+        if not _is_positive_int(warmup_epochs):
+            raise ValueError(
+                "`warmup_epochs` must be a positive integer. Received: "
+                f"warmup_epochs={warmup_epochs!r}"
+            )
+        self.warmup_epochs = warmup_epochs
+
+    def create_state(self, num_tasks):
+        self.epoch = self.add_weight(
+            name="epoch", shape=(), initializer="zeros", trainable=False
+        )
+        self.nadir = self.add_weight(
+            name="nadir",
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+        )
+        self.loss_sum = self.add_weight(
+            name="loss_sum",
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+        )
+        self.loss_count = self.add_weight(
+            name="loss_count",
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def combine(self, task_losses, training=False):
+        task_losses = ops.cast(task_losses, "float32")
+        weights = ops.convert_to_tensor(self.base_weights, "float32")
+        used = ops.logical_and(task_losses > 0, weights > 0)
+        logs = ops.log(ops.where(used, task_losses, 1.0))
+        warm = ops.sum(ops.where(used, weights * logs, 0.0))
+        if training:
+            recording = ops.cast(
+                self.epoch == self.warmup_epochs - 1, "float32"
+            )
+            present = ops.cast(used, "float32") * recording
+            self.loss_sum.assign_add(present * ops.stop_gradient(task_losses))
+            self.loss_count.assign_add(present)
+        scalarized = stch_loss(task_losses, self.nadir, self.mu, weights)
+        return ops.where(self.epoch < self.warmup_epochs, warm, scalarized)
+
+    def on_epoch_end(self, epoch):
+        seen = int(np.asarray(self.epoch))
+        if seen == self.warmup_epochs - 1:
+            count = np.asarray(self.loss_count)
+            total = np.asarray(self.loss_sum)
+            nadir = np.where(count > 0, total / np.maximum(count, 1), 1.0)
+            self.nadir.assign(nadir.astype("float32"))
+        self.epoch.assign(float(seen + 1))
+
+    def extra_logs(self):
+        nadir = np.asarray(self.nadir)
+        return {
+            f"{name}_stch_nadir": float(nadir[k])
+            for k, name in enumerate(self.task_names)
+            if self.active[k]
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mu": self.mu, "warmup_epochs": self.warmup_epochs})
+        return config
 
 
 def _random_orders(num_tasks, seed_generator):
@@ -2700,6 +2858,7 @@ _CLASSES = {
     "upgrad": UPGradWeighting,
     "db_mtl": DBMTLWeighting,
     "moco": MoCoWeighting,
+    "stch": STCHWeighting,
 }
 
 
@@ -2710,7 +2869,7 @@ def get(identifier):
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`,
-            `"gls"`, `"upgrad"`, `"db_mtl"`, `"moco"`; a mapping
+            `"gls"`, `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

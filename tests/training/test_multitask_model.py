@@ -573,6 +573,66 @@ def test_gls_step_divides_each_task_gradient_by_its_loss(make_problem):
     assert not np.allclose(trained[0][0], start[0])
 
 
+def test_stch_warms_up_records_the_nadir_then_scalarizes(make_problem):
+    specs, tasks, arrays = make_problem(
+        200,
+        [[1, 0.5, 0, 0], [0, 0, 1, 0.5]],
+        [0.1, 1.0],
+        ["regression", "regression"],
+        scale=[1.0, 10.0],
+    )
+    x, y, sw = arrays
+    keras.utils.set_random_seed(4)
+    model = models.shared_bottom(specs, tasks, bottom_units=[8])
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "stch", "warmup_epochs": 2},
+        optimizer="sgd",
+        learning_rate=0.01,
+    )
+    # Four equal batches: the epoch's logged task loss is the mean of the
+    # batch losses, which the last warmup epoch records as the nadir.
+    history = _fit(wrapper, arrays, epochs=3, batch_size=50)
+    for k in (0, 1):
+        nadir = history.history[f"t{k}_stch_nadir"]
+        assert nadir[:2] == [1.0, 1.0]
+        np.testing.assert_allclose(
+            nadir[2], history.history[f"t{k}_loss"][1], rtol=1e-5
+        )
+    # After the warmup one step is a fixed-weights step with the weights
+    # d STCH / d L_k = K softmax(x / mu)_k / L_k, x_k = log(L_k / z_k).
+    start = model.get_weights()
+    before = _compile(model, tasks).evaluate(
+        x, y, sample_weight=sw, batch_size=200, verbose=0, return_dict=True
+    )
+    losses = np.array([before["t0_loss"], before["t1_loss"]])
+    nadir = wrapper.weighting.nadir.numpy().astype("float64")
+    logits = np.log(losses / nadir)
+    share = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    loss_weights = dict(zip(["t0", "t1"], 2 * share / losses))
+    model.set_weights(start)
+    history = _fit(wrapper, arrays, batch_size=200)
+    np.testing.assert_allclose(
+        history.history["loss"][0],
+        2 * np.log(np.exp(logits).sum()),
+        rtol=1e-5,
+    )
+    stepped = model.get_weights()
+    model.set_weights(start)
+    fixed = _compile(
+        model,
+        tasks,
+        loss_weights=loss_weights,
+        optimizer="sgd",
+        learning_rate=0.01,
+    )
+    _fit(fixed, arrays, batch_size=200)
+    for a, b in zip(stepped, model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert set(wrapper.weighting.get_state()) >= {"epoch", "nadir"}
+
+
 def _conflicting_embedding_model():
     """A shared bottom over a numeric feature and an embedded categorical
     one, with two regression tasks of opposite labels and identical heads.

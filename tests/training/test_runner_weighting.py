@@ -28,6 +28,7 @@ from keras_mtl import training
         {"name": "upgrad", "iterations": 5},
         {"name": "db_mtl", "shared_scope": "dense"},
         {"name": "moco", "gamma": 0.05},
+        {"name": "stch", "mu": 0.5},
     ],
     ids=[
         "fixed",
@@ -47,6 +48,7 @@ from keras_mtl import training
         "upgrad",
         "db_mtl",
         "moco",
+        "stch",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

@@ -407,10 +407,12 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
             training.get_weighting({"name": "moco", key: 0.0})
     with pytest.raises(ValueError, match="`rho` must be"):
         training.get_weighting({"name": "moco", "rho": -1.0})
+    with pytest.raises(ValueError, match="`warmup_epochs` must be"):
+        training.get_weighting({"name": "stch", "warmup_epochs": 0})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
-    names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl moco"
+    names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl moco stch"
     names = names.split()
     assert list(training.STRATEGIES) == names
     for name in names:
@@ -674,6 +676,7 @@ NON_DEFAULT_ARGUMENTS = {
         "rho": 0.1,
         "shared_scope": "dense",
     },
+    "stch": {"mu": 0.5, "warmup_epochs": 2},
 }
 
 
@@ -789,6 +792,9 @@ def test_per_task_gradient_features_refuse_other_backends(kwargs, monkeypatch):
     model, tasks = _tiny_model()
     wrapper = training.MultiTaskModel(model, tasks, weighting="gls")
     assert isinstance(wrapper.weighting, weighting.GLSWeighting)
+    model, tasks = _tiny_model()
+    wrapper = training.MultiTaskModel(model, tasks, weighting="stch")
+    assert isinstance(wrapper.weighting, weighting.STCHWeighting)
 
 
 def _upgrad_reference(grads, preferences):
@@ -909,3 +915,48 @@ def test_gls_loss_is_the_weighted_geometric_mean_of_the_present_losses():
         ) / (2 * step[k])
         expected = value * weights[k] / (weights.sum() * losses[k])
         np.testing.assert_allclose(slope, expected, rtol=1e-3)
+
+
+@pytest.mark.backend
+def test_stch_loss_is_a_smooth_maximum_of_normalized_log_losses():
+    losses = np.array([0.3, 2.0, 0.05])
+    nadir = np.array([0.5, 1.0, 0.1])
+    weights = np.array([1.0, 0.5, 3.0])
+    x = np.log(weights * losses / nadir)
+    assert np.sum(x == x.max()) == 1
+    for mu in (1.0, 0.2):
+        np.testing.assert_allclose(
+            _np(training.stch_loss(losses, nadir, mu, weights)),
+            3 * mu * np.log(np.sum(np.exp(x / mu))),
+            rtol=1e-5,
+        )
+    # Small mu: K times the largest normalized log loss.
+    np.testing.assert_allclose(
+        _np(training.stch_loss(losses, nadir, 1e-3, weights)),
+        3 * x.max(),
+        rtol=1e-3,
+    )
+    # Tasks with loss 0 or weight 0 are left out.
+    np.testing.assert_allclose(
+        _np(training.stch_loss([0.5, 0.0, 2.0], [1.0, 1.0, 1.0])),
+        2 * np.log(2.5),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        _np(
+            training.stch_loss([0.5, 9.0, 2.0], [1.0, 1.0, 1.0], 1.0, [1, 0, 1])
+        ),
+        2 * np.log(2.5),
+        rtol=1e-6,
+    )
+    assert _np(training.stch_loss([0.0, 0.0], [1.0, 1.0])) == 0.0
+    # d / d L_k = K softmax(x / mu)_k / L_k, by central differences.
+    value = lambda v: _np(training.stch_loss(v, nadir, 0.5, weights))  # noqa: E731
+    share = np.exp(x / 0.5) / np.exp(x / 0.5).sum()
+    for k in range(3):
+        step = np.zeros(3)
+        step[k] = 1e-3 * losses[k]
+        slope = (value(losses + step) - value(losses - step)) / (2 * step[k])
+        np.testing.assert_allclose(slope, 3 * share[k] / losses[k], rtol=1e-3)
+    with pytest.raises(ValueError, match="`mu` must be"):
+        training.stch_loss(losses, nadir, mu=0.0)
