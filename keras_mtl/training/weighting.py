@@ -1404,7 +1404,9 @@ class STCHWeighting(WeightingStrategy):
     runs on every backend. The nadir point is logged per epoch as
     `<task>_stch_nadir` (1 until it is recorded, at the end of the last
     warmup epoch), and kept by `get_state` with the epoch count, so a warm
-    start continues with it.
+    start continues with it. The training and validation `loss` change
+    meaning when the warmup ends: stop early on task metrics
+    (`MultiTaskEarlyStopping`), not on `val_loss`.
 
     Args:
         mu: float > 0. Smoothing (LibMTL's default 1.0); smaller is closer
