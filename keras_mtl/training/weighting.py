@@ -1767,6 +1767,15 @@ def _shared_surgery_gradients(strategy, context):
 SHARED_SCOPES = ("all", "dense")
 
 
+def _check_shared_scope(shared_scope):
+    if shared_scope not in SHARED_SCOPES:
+        raise ValueError(
+            f"`shared_scope` must be one of {SHARED_SCOPES}. "
+            f"Received: shared_scope={shared_scope!r}"
+        )
+    return shared_scope
+
+
 class _SurgeryWeighting(WeightingStrategy):
     """A strategy that combines the per-task gradients of the shared
     variables (`combine_shared`) and sums them on the others.
@@ -1780,12 +1789,7 @@ class _SurgeryWeighting(WeightingStrategy):
 
     def __init__(self, shared_scope="all", **kwargs):
         super().__init__(**kwargs)
-        if shared_scope not in SHARED_SCOPES:
-            raise ValueError(
-                f"`shared_scope` must be one of {SHARED_SCOPES}. "
-                f"Received: shared_scope={shared_scope!r}"
-            )
-        self.shared_scope = shared_scope
+        self.shared_scope = _check_shared_scope(shared_scope)
 
     def task_gradients(self, context):
         return _shared_surgery_gradients(self, context)
@@ -2352,12 +2356,7 @@ class _TrackedGradientWeighting(WeightingStrategy):
 
     def __init__(self, shared_scope="all", **kwargs):
         super().__init__(**kwargs)
-        if shared_scope not in SHARED_SCOPES:
-            raise ValueError(
-                f"`shared_scope` must be one of {SHARED_SCOPES}. "
-                f"Received: shared_scope={shared_scope!r}"
-            )
-        self.shared_scope = shared_scope
+        self.shared_scope = _check_shared_scope(shared_scope)
 
     def create_state(self, num_tasks):
         self.step = self.add_weight(

@@ -525,14 +525,19 @@ def test_upgrad_step_moves_shared_variables_along_the_summed_projections(
     np.testing.assert_allclose(logged, on_rows * [1.0, weight], rtol=1e-4)
 
 
-def test_gls_step_divides_each_task_gradient_by_its_loss(make_problem):
-    specs, tasks, arrays = make_problem(
+def _two_scales(make_problem):
+    """Two regression tasks on 200 rows, the second's labels 10x larger."""
+    return make_problem(
         200,
         [[1, 0.5, 0, 0], [0, 0, 1, 0.5]],
         [0.1, 1.0],
         ["regression", "regression"],
         scale=[1.0, 10.0],
     )
+
+
+def test_gls_step_divides_each_task_gradient_by_its_loss(make_problem):
+    specs, tasks, arrays = _two_scales(make_problem)
     keras.utils.set_random_seed(3)
     start = models.shared_bottom(specs, tasks, bottom_units=[8]).get_weights()
     x, y, sw = arrays
@@ -574,13 +579,7 @@ def test_gls_step_divides_each_task_gradient_by_its_loss(make_problem):
 
 
 def test_stch_warms_up_records_the_nadir_then_scalarizes(make_problem):
-    specs, tasks, arrays = make_problem(
-        200,
-        [[1, 0.5, 0, 0], [0, 0, 1, 0.5]],
-        [0.1, 1.0],
-        ["regression", "regression"],
-        scale=[1.0, 10.0],
-    )
+    specs, tasks, arrays = _two_scales(make_problem)
     x, y, sw = arrays
     keras.utils.set_random_seed(4)
     model = models.shared_bottom(specs, tasks, bottom_units=[8])
