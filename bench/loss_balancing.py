@@ -20,8 +20,8 @@ Methods: `fixed`, `uncertainty`, `gradnorm` (alpha 1.5), `dwa`, `pcgrad`,
 scales), `nash_mtl` (max_norm 1.0), `aligned_mtl`, `famo`, `gradvac`
 (beta 0.5), `gls`, `upgrad`, `db_mtl` (beta 0.9, beta_sigma 0.5), `moco`
 (beta 0.5, gamma 0.1, both sigmas 0.5, rho 0), `stch` (mu 1.0, 1 warmup
-epoch) (`keras_mtl.training.compile`), and the two baselines from the
-seeds:
+epoch), `fairgrad` (alpha 1.0) (`keras_mtl.training.compile`), and the two
+baselines from the seeds:
 
 - `single_task`: one model per task (the same MMoE builder with a single
   task), each early-stopped on its own validation metric; for ranking the

@@ -6,8 +6,8 @@
   `RLWWeighting`, `PCGradWeighting`, `GradVacWeighting`, `MGDAWeighting`,
   `CAGradWeighting`, `IMTLWeighting`, `NashMTLWeighting`,
   `AlignedMTLWeighting`, `FAMOWeighting`, `GLSWeighting`,
-  `UPGradWeighting`, `DBMTLWeighting`, `MoCoWeighting`, `STCHWeighting`;
-  per-task learning-rate
+  `UPGradWeighting`, `DBMTLWeighting`, `MoCoWeighting`, `STCHWeighting`,
+  `FairGradWeighting`; per-task learning-rate
   multipliers; inverse propensity weighting of a task's loss by another
   task's prediction (`propensity=`, ESCM²'s counterfactual CVR loss); task
   weights logged every epoch (`TaskWeightLogger`).
@@ -39,6 +39,7 @@ from keras_mtl.training.weighting import AlignedMTLWeighting
 from keras_mtl.training.weighting import CAGradWeighting
 from keras_mtl.training.weighting import DBMTLWeighting
 from keras_mtl.training.weighting import DWAWeighting
+from keras_mtl.training.weighting import FairGradWeighting
 from keras_mtl.training.weighting import FAMOWeighting
 from keras_mtl.training.weighting import FixedWeighting
 from keras_mtl.training.weighting import GLSWeighting
@@ -57,6 +58,7 @@ from keras_mtl.training.weighting import WeightingStrategy
 from keras_mtl.training.weighting import aligned_mtl_weights
 from keras_mtl.training.weighting import cagrad_direction
 from keras_mtl.training.weighting import dwa_weights
+from keras_mtl.training.weighting import fairgrad_weights
 from keras_mtl.training.weighting import famo_logits_gradient
 from keras_mtl.training.weighting import famo_objective
 from keras_mtl.training.weighting import get as get_weighting
@@ -78,6 +80,7 @@ __all__ = [
     "DBMTLWeighting",
     "DWAWeighting",
     "FAMOWeighting",
+    "FairGradWeighting",
     "FixedWeighting",
     "GLSWeighting",
     "GateDiagnostics",
@@ -104,6 +107,7 @@ __all__ = [
     "compile",
     "dwa_weights",
     "famo_logits_gradient",
+    "fairgrad_weights",
     "famo_objective",
     "gate_diagnostics",
     "get_weighting",

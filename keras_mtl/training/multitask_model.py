@@ -209,7 +209,8 @@ class MultiTaskModel(keras.Model):
 
     Strategies that need per-task gradients (`"gradnorm"`, `"pcgrad"`,
     `"gradvac"`, `"mgda"`, `"cagrad"`, `"imtl"`, `"nash_mtl"`,
-    `"aligned_mtl"`, `"upgrad"`, `"db_mtl"`, `"moco"`), the batch's losses
+    `"aligned_mtl"`, `"upgrad"`, `"db_mtl"`, `"moco"`, `"fairgrad"`), the
+    batch's losses
     after the update
     (`"famo"`) and `lr_multipliers` use a custom `train_step` implemented
     for the TensorFlow backend; other backends get a `NotImplementedError`
@@ -651,7 +652,8 @@ def compile(  # noqa: A001 - mirrors keras.Model.compile
         weighting: `"fixed"` (default), `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`, `"gls"`,
-            `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`, a mapping
+            `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`, `"fairgrad"`, a
+            mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 1.5}`) or a `WeightingStrategy`.
         lr_multipliers: dict `{task_name: float}` or None. Learning-rate

@@ -53,17 +53,20 @@ it) into the objective the optimizer descends:
 - `STCHWeighting`: smooth Tchebycheff scalarization, a smooth maximum of
   the losses relative to a nadir point measured after a warmup (Lin et
   al., 2024).
+- `FairGradWeighting`: shared variables follow the alpha-fair combination
+  of the task gradients (Ban and Ji, 2024).
 
 Strategies are layers so that their variables are tracked by the training
 model (`keras_mtl.training.MultiTaskModel`) and never by the serving model.
 The pure functions `uncertainty_loss`, `gls_loss`, `stch_loss`, `dwa_weights`,
 `pcgrad_project`, `gradvac_project`, `mgda_weights`, `cagrad_direction`,
-`imtl_weights`, `nash_mtl_weights`, `aligned_mtl_weights`,
+`imtl_weights`, `nash_mtl_weights`, `fairgrad_weights`,
+`aligned_mtl_weights`,
 `upgrad_weights`, `famo_objective`, `famo_logits_gradient` and
 `gradnorm_gradient` implement the published formulas with `keras.ops` and
 run on every backend; GradNorm, PCGrad, GradVac, MGDA, CAGrad, IMTL,
-Nash-MTL, Aligned-MTL, UPGrad, DB-MTL and MoCo additionally need per-task
-gradients, which `MultiTaskModel` computes on the TensorFlow backend.
+Nash-MTL, FairGrad, Aligned-MTL, UPGrad, DB-MTL and MoCo additionally need
+per-task gradients, which `MultiTaskModel` computes on the TensorFlow backend.
 """
 
 import math
@@ -93,6 +96,7 @@ STRATEGIES = (
     "db_mtl",
     "moco",
     "stch",
+    "fairgrad",
 )
 # Gradient-based strategies need one backward pass per task.
 TASK_GRADIENT_STRATEGIES = (
@@ -107,6 +111,7 @@ TASK_GRADIENT_STRATEGIES = (
     "upgrad",
     "db_mtl",
     "moco",
+    "fairgrad",
 )
 _EPSILON = 1e-12
 
@@ -746,6 +751,72 @@ def nash_mtl_weights(grads, iterations=20):
         decrement = ops.sqrt(ops.maximum(ops.sum(slope * step), 0.0))
         a = a - step / (1.0 + decrement)
     return valid * a / safe
+
+
+def fairgrad_weights(grads, alpha=1.0, iterations=30):
+    """FairGrad's weights: alpha-fair shares of the improvement among tasks.
+
+    The weights `w > 0` solve `(G G^T) w = w^(-1 / alpha)`: the direction
+    `d = sum_k w_k g_k` gives task `k` the improvement `g_k . d =
+    w_k^(-1 / alpha)`, the first-order condition of maximizing `sum_k
+    (g_k . d)^(1 - alpha) / (1 - alpha)` (alpha-fair utility: `alpha = 1`
+    is proportional fairness, Nash-MTL's condition; larger `alpha` moves
+    toward max-min fairness, helping the task that improves least). It is
+    the stationarity condition of the convex `w^T G G^T w / 2 - sum_k
+    phi(w_k)` with `phi' = w^(-1 / alpha)`, solved by damped Newton steps on
+    the Gram matrix scaled to a unit mean diagonal (the solution scales
+    back exactly, `w = s^(-alpha / (alpha + 1)) w_hat`), with a ridge of
+    1e-8 that keeps it finite where gradients are parallel; LibMTL solves
+    the same equations with scipy's `least_squares`. A task whose gradient
+    is zero (no labelled rows of it in the batch) gets weight 0.
+
+    Args:
+        grads: tensor `(num_tasks, dim)`: one flattened gradient per task.
+        alpha: float > 0. Fairness. Defaults to `1.0`. Checked up to 16;
+            far beyond, the weights of dominated tasks underflow in float64.
+        iterations: int. Newton steps. Defaults to `30`.
+
+    Returns:
+        A tensor `(num_tasks,)` of non-negative weights.
+
+    Example:
+
+    >>> keras_mtl.training.fairgrad_weights([[1.0, 0.0], [0.0, 2.0]])
+    [1.0, 0.5]
+
+    References:
+        Ban and Ji, "Fair Resource Allocation in Multi-Task Learning",
+        ICML 2024. https://arxiv.org/abs/2402.15638
+    """
+    grads = _check_task_grads(grads)
+    alpha = _check_positive("alpha", alpha)
+    _check_iterations(iterations)
+    num_tasks = grads.shape[0]
+    eye = ops.eye(num_tasks, dtype="float64")
+    gram = ops.cast(ops.matmul(grads, ops.transpose(grads)), "float64")
+    diagonal = ops.diagonal(gram)
+    valid = ops.cast(
+        diagonal > _EPSILON * _EPSILON * ops.max(diagonal), "float64"
+    )
+    count = ops.maximum(ops.sum(valid), 1.0)
+    scale = ops.sum(valid * diagonal) / count
+    scale = ops.where(scale > 0, scale, 1.0)
+    # A task without gradient gets a unit row (its equation w = w^(-1/alpha),
+    # apart from the others); it is zeroed below.
+    both = valid[:, None] * valid[None, :]
+    hessian_base = both * gram / scale
+    hessian_base = hessian_base + (1.0 - valid + 1e-8 * valid)[:, None] * eye
+    power = -1.0 / alpha
+    w = ops.ones((num_tasks,), dtype="float64")
+    for _ in range(iterations):
+        slope = ops.matmul(hessian_base, w) - ops.power(w, power)
+        curvature = (1.0 / alpha) * ops.power(w, power - 1.0)
+        step = ops.solve(hessian_base + curvature[:, None] * eye, slope)
+        decrement = ops.sqrt(ops.maximum(ops.sum(slope * step), 0.0))
+        moved = w - step / (1.0 + decrement)
+        w = ops.where(moved > 0, moved, w / 2.0)
+    w = valid * w * ops.power(scale, -alpha / (alpha + 1.0))
+    return ops.cast(w, grads.dtype)
 
 
 def aligned_mtl_weights(grads, preferences=None):
@@ -2280,6 +2351,67 @@ class AlignedMTLWeighting(_SolvedWeighting):
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
+class FairGradWeighting(_SolvedWeighting):
+    """FairGrad: shared variables follow the alpha-fair combination of the
+    task gradients.
+
+    Each task's weighted gradient is computed separately. On the *shared*
+    variables the update is `sum_k w_k g_k` with `fairgrad_weights`, which
+    give every task an improvement `g_k . d = w_k^(-1 / alpha)`: `alpha = 1`
+    is proportional fairness (Nash-MTL's bargaining condition, without its
+    clipping), larger `alpha` favours the task that improves least,
+    approaching max-min fairness. Task-specific variables (towers, heads)
+    get their own task's weighted gradient, and auxiliary losses are added
+    unchanged, as in `NashMTLWeighting`. The last step's weights of the
+    (unweighted) task gradients are logged per epoch as
+    `<task>_fairgrad_weight`. Needs the TensorFlow backend (one backward
+    pass per task).
+
+    Args:
+        alpha: float > 0. Fairness. Defaults to `1.0` (LibMTL's).
+        iterations: int. Newton steps of the solver per training step.
+            Defaults to `30`.
+        shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> wrapper = keras_mtl.training.compile(
+    ...     model, tasks, weighting={"name": "fairgrad", "alpha": 2.0})
+
+    References:
+        Ban and Ji, "Fair Resource Allocation in Multi-Task Learning",
+        ICML 2024. https://arxiv.org/abs/2402.15638
+    """
+
+    strategy_name = "fairgrad"
+    log_name = "fairgrad_weight"
+
+    def __init__(self, alpha=1.0, iterations=30, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha_fairness = _check_positive("alpha", alpha)
+        self.iterations = _check_iterations(iterations)
+
+    def solve(self, flat):
+        # `flat` holds the weighted gradients w_k g_k.
+        weights = fairgrad_weights(flat, self.alpha_fairness, self.iterations)
+        base = ops.convert_to_tensor(
+            [w for w in self.base_weights if w > 0], flat.dtype
+        )
+        return _combine(weights, flat), weights * base
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"alpha": self.alpha_fairness, "iterations": self.iterations}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
 class UPGradWeighting(_SolvedWeighting):
     """UPGrad: shared variables follow the sum of the task gradients, each
     projected so that it conflicts with no task.
@@ -2860,6 +2992,7 @@ _CLASSES = {
     "db_mtl": DBMTLWeighting,
     "moco": MoCoWeighting,
     "stch": STCHWeighting,
+    "fairgrad": FairGradWeighting,
 }
 
 
@@ -2870,7 +3003,8 @@ def get(identifier):
         identifier: one of `"fixed"`, `"uncertainty"`, `"gradnorm"`,
             `"dwa"`, `"rlw"`, `"pcgrad"`, `"mgda"`, `"cagrad"`, `"imtl"`,
             `"nash_mtl"`, `"aligned_mtl"`, `"famo"`, `"gradvac"`,
-            `"gls"`, `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`; a mapping
+            `"gls"`, `"upgrad"`, `"db_mtl"`, `"moco"`, `"stch"`,
+            `"fairgrad"`; a mapping
             `{"name": ..., **arguments}` (e.g.
             `{"name": "gradnorm", "alpha": 0.5}`); a `WeightingStrategy`
             instance (returned as is); or `None` (fixed).

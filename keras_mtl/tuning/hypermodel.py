@@ -37,7 +37,7 @@ Keys:
 - `weighting`: loss-weighting strategy of `keras_mtl.training.compile`
   (`fixed`, `uncertainty`, `gradnorm`, `dwa`, `rlw`, `pcgrad`, `gradvac`,
   `mgda`, `cagrad`, `imtl`, `nash_mtl`, `aligned_mtl`, `famo`, `gls`,
-  `upgrad`, `db_mtl`, `moco`, `stch`).
+  `upgrad`, `db_mtl`, `moco`, `stch`, `fairgrad`).
 - `loss_weight`: every task's loss weight (`loss_weight_<task>` values);
   `loss_weight_<task>` sets one task's. The weight multiplies the task's own
   `weight`, and strategies other than `fixed` use it as their base weight.

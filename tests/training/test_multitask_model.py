@@ -525,6 +525,38 @@ def test_upgrad_step_moves_shared_variables_along_the_summed_projections(
     np.testing.assert_allclose(logged, on_rows * [1.0, weight], rtol=1e-4)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 3.0])
+def test_fairgrad_step_moves_shared_variables_along_the_fair_combination(
+    make_problem, alpha
+):
+    from scipy.optimize import least_squares
+
+    model, tasks, arrays, start, per_task, shared, flat = (
+        _conflicting_shared_bottom(make_problem)
+    )
+    grads = np.asarray(flat, dtype="float64")
+    gram = grads @ grads.T
+    w = least_squares(
+        lambda v: gram @ v - np.power(1.0 / v, 1.0 / alpha),
+        np.ones(2) / 2,
+        bounds=(0, np.inf),
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    ).x
+    wrapper = _compile(
+        model,
+        tasks,
+        weighting={"name": "fairgrad", "alpha": alpha},
+        optimizer="sgd",
+        learning_rate=0.1,
+    )
+    history = _fit(wrapper, arrays, batch_size=200)
+    _assert_one_sgd_step(model, start, per_task, shared, w @ grads)
+    logged = [history.history[f"t{k}_fairgrad_weight"][0] for k in (0, 1)]
+    np.testing.assert_allclose(logged, w, rtol=1e-4)
+
+
 def _two_scales(make_problem):
     """Two regression tasks on 200 rows, the second's labels 10x larger."""
     return make_problem(

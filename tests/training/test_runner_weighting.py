@@ -29,6 +29,7 @@ from keras_mtl import training
         {"name": "db_mtl", "shared_scope": "dense"},
         {"name": "moco", "gamma": 0.05},
         {"name": "stch", "mu": 0.5},
+        {"name": "fairgrad", "alpha": 2.0},
     ],
     ids=[
         "fixed",
@@ -49,6 +50,7 @@ from keras_mtl import training
         "db_mtl",
         "moco",
         "stch",
+        "fairgrad",
     ],
 )
 def test_resolve_config_accepts_strategies(weighting):

@@ -409,10 +409,13 @@ def test_get_accepts_names_mappings_and_instances_and_refuses_others():
         training.get_weighting({"name": "moco", "rho": -1.0})
     with pytest.raises(ValueError, match="`warmup_epochs` must be"):
         training.get_weighting({"name": "stch", "warmup_epochs": 0})
+    with pytest.raises(ValueError, match="`alpha` must be a positive"):
+        training.get_weighting({"name": "fairgrad", "alpha": 0})
     with pytest.raises(ValueError, match="strategy name"):
         training.get_weighting(3)
     names = "fixed uncertainty gradnorm dwa rlw pcgrad mgda cagrad imtl"
     names += " nash_mtl aligned_mtl famo gradvac gls upgrad db_mtl moco stch"
+    names += " fairgrad"
     names = names.split()
     assert list(training.STRATEGIES) == names
     for name in names:
@@ -677,6 +680,7 @@ NON_DEFAULT_ARGUMENTS = {
         "shared_scope": "dense",
     },
     "stch": {"mu": 0.5, "warmup_epochs": 2},
+    "fairgrad": {"alpha": 2.0, "iterations": 10, "shared_scope": "dense"},
 }
 
 
@@ -764,6 +768,7 @@ def _tiny_model():
         {"weighting": "upgrad"},
         {"weighting": "db_mtl"},
         {"weighting": "moco"},
+        {"weighting": "fairgrad"},
         {"lr_multipliers": {"a": 2.0}},
     ],
     ids=[
@@ -778,6 +783,7 @@ def _tiny_model():
         "upgrad",
         "db_mtl",
         "moco",
+        "fairgrad",
         "lr_multipliers",
     ],
 )
@@ -960,3 +966,63 @@ def test_stch_loss_is_a_smooth_maximum_of_normalized_log_losses():
         np.testing.assert_allclose(slope, 3 * share[k] / losses[k], rtol=1e-3)
     with pytest.raises(ValueError, match="`mu` must be"):
         training.stch_loss(losses, nadir, mu=0.0)
+
+
+def _fairgrad_reference(grads, alpha):
+    """FairGrad's weights as LibMTL computes them: scipy's least_squares
+    on `G G^T w - w^(-1 / alpha)` from uniform weights, `w >= 0`."""
+    from scipy.optimize import least_squares
+
+    grads = np.asarray(grads, dtype="float64")
+    gram = grads @ grads.T
+    result = least_squares(
+        lambda w: gram @ w - np.power(1.0 / w, 1.0 / alpha),
+        np.ones(len(gram)) / len(gram),
+        bounds=(0, np.inf),
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
+    return result.x
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 3.0])
+def test_fairgrad_matches_least_squares_and_the_fairness_condition(alpha):
+    rng = np.random.default_rng(int(alpha * 10))
+    for num_tasks in (2, 3, 5):
+        grads = rng.normal(size=(num_tasks, 12)) * rng.uniform(
+            0.1, 10, (num_tasks, 1)
+        )
+        grads = grads.astype("float32")
+        w = _np(training.fairgrad_weights(grads, alpha))
+        np.testing.assert_allclose(
+            w, _fairgrad_reference(grads, alpha), rtol=1e-4
+        )
+        # Every task's improvement g_k . d is w_k^(-1 / alpha).
+        gains = grads.astype("float64") @ (w @ grads.astype("float64"))
+        np.testing.assert_allclose(gains, w ** (-1.0 / alpha), rtol=1e-4)
+    # alpha = 1 is Nash-MTL's condition, whose orthogonal solution is 1/|g|.
+    np.testing.assert_allclose(
+        _np(training.fairgrad_weights([[1.0, 0.0], [0.0, 2.0]], 1.0)),
+        [1.0, 0.5],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.backend
+def test_fairgrad_larger_alpha_helps_the_task_that_improves_least():
+    # A small gradient beside a large one: the small task's share of the
+    # improvement g_k . d grows with alpha (toward max-min fairness).
+    grads = np.array([[0.2, 0.0, 0.1], [1.0, 3.0, 0.0]], dtype="float32")
+    shares = []
+    for alpha in (0.5, 1.0, 4.0, 16.0):
+        w = _np(training.fairgrad_weights(grads, alpha, iterations=60))
+        gains = grads.astype("float64") @ (w @ grads.astype("float64"))
+        np.testing.assert_allclose(gains, w ** (-1.0 / alpha), rtol=1e-4)
+        shares.append(gains[0] / gains.sum())
+    assert shares == sorted(shares)
+    assert shares[0] < 0.05 and shares[-1] > 0.19
+    # A task without gradient gets weight 0.
+    w = _np(training.fairgrad_weights([[1.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(w, [1.0, 0.0], rtol=1e-6)
