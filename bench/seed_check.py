@@ -45,11 +45,12 @@ PEERS = ("torch_rechub", "deepctr")
 def read_runs(paths):
     """The successful runs of several results files of one protocol.
 
-    Returns `(metas, runs)`. Files whose protocol settings differ (see
-    `bench/run.py`'s `_settings`) cannot be pooled and raise an error, and
-    so does a run (benchmark, library, model, seed) found twice.
+    Returns `(metas, runs, failed)`, `failed` the number of failed runs.
+    Files whose protocol settings differ (see `bench/run.py`'s `_settings`)
+    cannot be pooled and raise an error, and so does a run (benchmark,
+    library, model, seed) found twice.
     """
-    metas, runs, seen = [], [], set()
+    metas, runs, seen, failed = [], [], set(), 0
     for path in paths:
         meta, records = run._read_results(path)
         if meta is None:
@@ -62,6 +63,7 @@ def read_runs(paths):
         metas.append(meta)
         for record in records:
             if "error" in record:
+                failed += 1
                 continue
             key = (
                 record["benchmark"],
@@ -73,7 +75,7 @@ def read_runs(paths):
                 raise SystemExit(f"{path}: run {key} appears twice")
             seen.add(key)
             runs.append(record)
-    return metas, runs
+    return metas, runs, failed
 
 
 def _reading(low, high, lower, higher):
@@ -165,15 +167,8 @@ def _interval(c):
 
 def render(fresh_paths, earlier_paths):
     """The `quality-seeds` section from the fresh and the earlier runs."""
-    fresh_metas, fresh = read_runs(fresh_paths)
-    earlier_metas, earlier = (
-        read_runs(earlier_paths)
-        if earlier_paths
-        else (
-            [],
-            [],
-        )
-    )
+    fresh_metas, fresh, failed = read_runs(fresh_paths)
+    earlier_metas, earlier, _ = read_runs(earlier_paths)
     if earlier_metas and run._settings(earlier_metas[0]) != run._settings(
         fresh_metas[0]
     ):
@@ -236,12 +231,6 @@ def render(fresh_paths, earlier_paths):
         + f". Intervals: {CONFIDENCE:.0%}, Welch's t for the Adult "
         "comparisons (independent runs), the paired t for the funnel (the "
         "same data per seed)."
-    )
-    failed = sum(
-        1
-        for path in fresh_paths
-        for r in run._read_results(path)[1]
-        if "error" in r
     )
     if failed:
         add(f"- **{failed} fresh run(s) failed** and are left out.")

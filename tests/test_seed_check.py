@@ -150,12 +150,15 @@ def test_render_pools_files_and_refuses_what_cannot_be_pooled(
     adult = _write(
         tmp_path / "a.jsonl", [r for r in fresh if r["benchmark"] == "adult"]
     )
+    crashed = {**_funnel("esmm", 30, 0.0), "error": "killed"}
     funnel = _write(
-        tmp_path / "f.jsonl", [r for r in fresh if r["benchmark"] == "funnel"]
+        tmp_path / "f.jsonl",
+        [r for r in fresh if r["benchmark"] == "funnel"] + [crashed],
     )
     earlier = _write(tmp_path / "e.jsonl", early)
     section = seed_check.render([adult, funnel], [earlier])
     assert "fresh 5–24; pooled with 0–4" in section
+    assert "**1 fresh run(s) failed** and are left out." in section
     rows = [line for line in section.splitlines() if line.startswith("| mmoe")]
     assert len(rows) == 4
     assert "keras-mtl higher" in rows[0]

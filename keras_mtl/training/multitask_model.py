@@ -306,11 +306,7 @@ class MultiTaskModel(keras.Model):
                 "This weighting strategy is already attached to a model; "
                 "pass a new instance."
             )
-        shared = [
-            v
-            for v in model.trainable_variables
-            if len(self._owners.get(id(v), ())) >= 2
-        ]
+        shared = [v for v in model.trainable_variables if self._is_shared(v)]
         tables = [
             v
             for layer in model._flatten_layers()
@@ -356,6 +352,10 @@ class MultiTaskModel(keras.Model):
         ]
         self._loss_fns = None
         self.built = True
+
+    def _is_shared(self, variable):
+        """Whether two or more tasks depend on `variable`."""
+        return len(self._owners.get(id(variable), ())) >= 2
 
     # -- model -------------------------------------------------------------
 
@@ -532,7 +532,7 @@ class MultiTaskModel(keras.Model):
             context = _GradientContext(
                 tape,
                 variables,
-                [len(self._owners.get(id(v), ())) >= 2 for v in variables],
+                [self._is_shared(v) for v in variables],
                 self._norm_variables()
                 if strategy.strategy_name == "gradnorm"
                 else [],

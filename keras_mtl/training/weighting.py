@@ -1887,10 +1887,7 @@ class PCGradWeighting(_SurgeryWeighting):
     Args:
         seed: int or None. Seed of the random task orders. Defaults to
             `None`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -1941,10 +1938,7 @@ class GradVacWeighting(_SurgeryWeighting):
             Defaults to `0.5` (LibMTL's default).
         seed: int or None. Seed of the random task orders. Defaults to
             `None`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2052,10 +2046,7 @@ class MGDAWeighting(_SolvedWeighting):
     Args:
         iterations: int. Steps of the min-norm solver (`mgda_weights`)
             per training step. Defaults to `50`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2104,10 +2095,7 @@ class CAGradWeighting(_SolvedWeighting):
             `0.5`.
         iterations: int. Steps of the inner solver per training step.
             Defaults to `50`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2167,10 +2155,7 @@ class IMTLWeighting(_SolvedWeighting):
     Args:
         loss_scale: bool. Learn the loss scales (IMTL-L). Defaults to
             `True`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2262,10 +2247,7 @@ class NashMTLWeighting(_SolvedWeighting):
             Defaults to `20`.
         max_norm: float >= 0. The largest norm of the shared update; 0
             does not clip. Defaults to `1.0`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2320,10 +2302,7 @@ class AlignedMTLWeighting(_SolvedWeighting):
     the TensorFlow backend (one backward pass per task).
 
     Args:
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2371,10 +2350,7 @@ class FairGradWeighting(_SolvedWeighting):
         alpha: float > 0. Fairness. Defaults to `1.0` (LibMTL's).
         iterations: int. Newton steps of the solver per training step.
             Defaults to `30`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            combination covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2433,10 +2409,7 @@ class UPGradWeighting(_SolvedWeighting):
     Args:
         iterations: int. Active-set steps of the projections (see
             `upgrad_weights`). Defaults to `20`.
-        shared_scope: `"all"` or `"dense"`. The shared variables the
-            projection covers; `"dense"` leaves out those with sparse
-            gradients (embedding tables), which then get the weighted sum
-            of the task gradients, kept sparse. Defaults to `"all"`.
+        {shared_scope}
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -2973,6 +2946,14 @@ class FAMOWeighting(WeightingStrategy):
         return config
 
 
+# The `shared_scope` argument, as every gradient-combining strategy's
+# docstring states it (like the zoo builders' shared arguments).
+_SHARED_SCOPE_ARG = """\
+shared_scope: `"all"` or `"dense"`. The shared variables the
+            combination covers; `"dense"` leaves out those with sparse
+            gradients (embedding tables), which then get the weighted sum
+            of the task gradients, kept sparse. Defaults to `"all"`."""
+
 _CLASSES = {
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -2994,6 +2975,13 @@ _CLASSES = {
     "stch": STCHWeighting,
     "fairgrad": FairGradWeighting,
 }
+
+
+for _strategy in _CLASSES.values():
+    if "{shared_scope}" in (_strategy.__doc__ or ""):
+        _strategy.__doc__ = _strategy.__doc__.replace(
+            "{shared_scope}", _SHARED_SCOPE_ARG
+        )
 
 
 def get(identifier):

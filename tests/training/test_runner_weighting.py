@@ -7,52 +7,42 @@ import pytest
 from keras_mtl import runner
 from keras_mtl import training
 
+CASES = [
+    "fixed",
+    "uncertainty",
+    "pcgrad",
+    {"name": "gradnorm", "alpha": 0.5},
+    {"name": "dwa", "temperature": 1.0},
+    {"name": "mgda", "iterations": 20},
+    {"name": "rlw", "seed": 1},
+    {"name": "cagrad", "c": 0.4},
+    {"name": "imtl", "loss_scale": False},
+    {"name": "nash_mtl", "max_norm": 0.5},
+    "aligned_mtl",
+    {"name": "pcgrad", "shared_scope": "dense"},
+    {"name": "famo", "learning_rate": 0.01},
+    {"name": "gradvac", "beta": 0.1},
+    "gls",
+    {"name": "upgrad", "iterations": 5},
+    {"name": "db_mtl", "shared_scope": "dense"},
+    {"name": "moco", "gamma": 0.05},
+    {"name": "stch", "mu": 0.5},
+    {"name": "fairgrad", "alpha": 2.0},
+]
 
-@pytest.mark.parametrize(
-    "weighting",
-    [
-        "fixed",
-        "uncertainty",
-        "pcgrad",
-        {"name": "gradnorm", "alpha": 0.5},
-        {"name": "mgda", "iterations": 20},
-        {"name": "rlw", "seed": 1},
-        {"name": "cagrad", "c": 0.4},
-        {"name": "imtl", "loss_scale": False},
-        {"name": "nash_mtl", "max_norm": 0.5},
-        "aligned_mtl",
-        {"name": "pcgrad", "shared_scope": "dense"},
-        {"name": "famo", "learning_rate": 0.01},
-        {"name": "gradvac", "beta": 0.1},
-        "gls",
-        {"name": "upgrad", "iterations": 5},
-        {"name": "db_mtl", "shared_scope": "dense"},
-        {"name": "moco", "gamma": 0.05},
-        {"name": "stch", "mu": 0.5},
-        {"name": "fairgrad", "alpha": 2.0},
-    ],
-    ids=[
-        "fixed",
-        "uncertainty",
-        "pcgrad",
-        "gradnorm_mapping",
-        "mgda",
-        "rlw",
-        "cagrad",
-        "imtl",
-        "nash_mtl",
-        "aligned_mtl",
-        "pcgrad_dense_scope",
-        "famo",
-        "gradvac",
-        "gls",
-        "upgrad",
-        "db_mtl",
-        "moco",
-        "stch",
-        "fairgrad",
-    ],
-)
+
+def _case_id(weighting):
+    if isinstance(weighting, str):
+        return weighting
+    return "_".join([weighting["name"], *sorted(set(weighting) - {"name"})])
+
+
+def test_cases_cover_every_strategy():
+    names = {c if isinstance(c, str) else c["name"] for c in CASES}
+    assert names == set(training.STRATEGIES)
+
+
+@pytest.mark.parametrize("weighting", CASES, ids=_case_id)
 def test_resolve_config_accepts_strategies(weighting):
     config = runner.resolve_config({"training": {"weighting": weighting}})
     assert config["training"]["weighting"] == weighting
