@@ -767,6 +767,20 @@ def _mse_losses(model, tasks, arrays):
     ]
 
 
+def _tracked_variables(model, scope):
+    """`(paths, table, balanced)`: the weights' paths, the embedding
+    table's index, and the indices DB-MTL and MoCo average per task (the
+    shared bottom, and the table unless `scope` is "dense")."""
+    paths = [w.path for w in model.trainable_weights]
+    table = paths.index("input_block/embedding_8/embeddings")
+    balanced = [
+        k
+        for k, p in enumerate(paths)
+        if p.startswith("bottom/") or (scope == "all" and k == table)
+    ]
+    return paths, table, balanced
+
+
 @pytest.mark.parametrize("scope", ["all", "dense"])
 def test_db_mtl_step_balances_log_loss_gradients(scope):
     arrays, model, tasks, start, per_task = _conflicting_embedding_model()
@@ -776,13 +790,7 @@ def test_db_mtl_step_balances_log_loss_gradients(scope):
     log_grads = [
         [g / loss for g in grads] for grads, loss in zip(per_task, losses)
     ]
-    paths = [w.path for w in model.trainable_weights]
-    table = paths.index("input_block/embedding_8/embeddings")
-    balanced = [
-        k
-        for k, p in enumerate(paths)
-        if p.startswith("bottom/") or (scope == "all" and k == table)
-    ]
+    paths, table, balanced = _tracked_variables(model, scope)
     norms = np.array(
         [
             0.1 * np.sqrt(sum(np.sum(grads[k] ** 2) for k in balanced))
@@ -826,13 +834,7 @@ def test_db_mtl_step_balances_log_loss_gradients(scope):
 def test_moco_step_tracks_rescaled_gradients_and_moves_lambda(scope):
     arrays, model, tasks, start, per_task = _conflicting_embedding_model()
     losses = _mse_losses(model, tasks, arrays)
-    paths = [w.path for w in model.trainable_weights]
-    table = paths.index("input_block/embedding_8/embeddings")
-    balanced = [
-        k
-        for k, p in enumerate(paths)
-        if p.startswith("bottom/") or (scope == "all" and k == table)
-    ]
+    paths, table, balanced = _tracked_variables(model, scope)
     # Each task's gradient on the balanced variables, rescaled to its loss;
     # the first step's averages are half of them (0 - 0.5 (0 - g)).
     flat = [
